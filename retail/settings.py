@@ -1,0 +1,50 @@
+"""Typed settings, read once from the environment (prefix ``RETAIL_``) and validated at start-up.
+
+Every endpoint and credential flows from here (and, in DAGs, from Airflow Connections), never
+from literals in the code: when authentication is switched on, this is the one place to change.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "retail-platform"
+
+
+class Settings(BaseSettings):
+    """Where the platform keeps its state and downloads, and how it reaches the servers."""
+
+    model_config = SettingsConfigDict(env_prefix="RETAIL_", extra="ignore")
+
+    state_dir: Path = Field(
+        default=PROJECT_ROOT / ".run",
+        description="Runtime state: the local stack's node dirs, PIDs, logs, Airflow home.",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Downloads (server jars, binaries), shared by every clone on this machine.",
+    )
+    profile: str = Field(default="test", description="Stack profile used when none is given.")
+    cassandra_username: str | None = None
+    cassandra_password: SecretStr | None = None
+    log_level: str = "INFO"
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.state_dir / "stack"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, validated on first use."""
+    return Settings()

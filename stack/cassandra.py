@@ -1,0 +1,261 @@
+"""Cassandra nodes of the local stack: one JVM per node, as ccm runs them.
+
+Each node gets a directory of its own (``conf/``, ``data/``, ``commitlog/``, ``logs/`` ...), a
+``cassandra.yaml`` and ``cassandra-rackdc.properties`` rendered from the topology, its own JMX
+port, and two Java agents on its own address: the Prometheus JMX exporter (metrics) and Jolokia
+(JMX over HTTP, which the stack reads for gossip state, load and tokens without starting a
+nodetool JVM per question).
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from retail.topology import CassandraNode, Topology
+from stack.fetch import Artifacts
+from stack.process import ManagedProcess
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
+MODULE_ARGS = TEMPLATES / "jdk17-modules.args"
+
+
+def node_home(stack_dir: Path, node: CassandraNode) -> Path:
+    return stack_dir / "cassandra" / node.name
+
+
+def write_config(stack_dir: Path, topology: Topology, node: CassandraNode) -> Path:
+    """Render the node's configuration files; returns the node's home directory."""
+    home = node_home(stack_dir, node)
+    conf = home / "conf"
+    for sub in ("conf", "data", "commitlog", "hints", "saved_caches", "cdc_raw", "logs"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    yaml = string.Template((TEMPLATES / "cassandra.yaml").read_text()).substitute(
+        cluster_name=topology.cluster_name,
+        token=node.token,
+        seeds=",".join(f"{s.address}:{s.storage_port}" for s in topology.seeds),
+        address=node.address,
+        storage_port=node.storage_port,
+        cql_port=node.cql_port,
+        home=home,
+    )
+    (conf / "cassandra.yaml").write_text(yaml)
+    (conf / "cassandra-rackdc.properties").write_text(f"dc={node.dc}\nrack={node.rack}\n")
+    (conf / "logback.xml").write_text((TEMPLATES / "cassandra-logback.xml").read_text())
+    return home
+
+
+def jvm_sizing(heap_mb: int) -> list[str]:
+    """Heap and GC for a node that shares 2 cores with five to eight other JVMs.
+
+    No ``-XX:+AlwaysPreTouch`` (Cassandra's default): it commits the whole heap at start, which
+    costs seconds and RSS for nothing on a test cluster. One GC thread each, and Cassandra told
+    it has 2 processors, so that thread pools are sized for the machine we really have.
+    """
+    return [
+        f"-Xms{heap_mb}m",
+        f"-Xmx{heap_mb}m",
+        "-Xss256k",
+        "-XX:MaxDirectMemorySize=256m",
+        "-XX:+UseG1GC",
+        "-XX:MaxTenuringThreshold=1",
+        "-XX:G1RSetUpdatingPauseTimePercent=5",
+        "-XX:MaxGCPauseMillis=300",
+        "-XX:ParallelGCThreads=1",
+        "-XX:ConcGCThreads=1",
+        "-XX:CICompilerCount=2",
+        "-XX:ActiveProcessorCount=2",
+        "-XX:+HeapDumpOnOutOfMemoryError",
+        "-XX:+ExitOnOutOfMemoryError",
+    ]
+
+
+def node_process(
+    stack_dir: Path, topology: Topology, node: CassandraNode, artifacts: Artifacts
+) -> ManagedProcess:
+    """The node's JVM as a managed process (not started)."""
+    home = node_home(stack_dir, node)
+    conf = home / "conf"
+    exporter = (
+        f"-javaagent:{artifacts.jmx_exporter_jar}="
+        f"{node.address}:{node.exporter_port}:{MONITORING / 'jmx' / 'cassandra.yml'}"
+    )
+    jolokia = (
+        f"-javaagent:{artifacts.jolokia_jar}="
+        f"host={node.address},port={node.jolokia_port},discoveryEnabled=false"
+    )
+    argv = [
+        "java",
+        *jvm_sizing(topology.heap_mb),
+        "-ea",
+        "-da:net.openhft...",
+        "-XX:+UseThreadPriorities",
+        "-XX:+PerfDisableSharedMem",
+        "-Djava.net.preferIPv4Stack=true",
+        f"@{MODULE_ARGS}",
+        "-Dio.netty.tryReflectionSetAccessible=true",
+        "-Dio.netty.allocator.useCacheForAllThreads=true",
+        "-Dio.netty.allocator.maxOrder=11",
+        f"-javaagent:{artifacts.jamm_jar}",
+        exporter,
+        jolokia,
+        f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
+        f"-Dcassandra-rackdc.properties=file://{conf / 'cassandra-rackdc.properties'}",
+        f"-Dlogback.configurationFile={conf / 'logback.xml'}",
+        f"-Dcassandra.logdir={home / 'logs'}",
+        f"-Dcassandra.storagedir={home}",
+        f"-Dcassandra.jmx.local.port={node.jmx_port}",
+        # Keep stdout open: otherwise the daemon closes it after start-up and its last words
+        # before a crash are lost.
+        "-Dcassandra-foreground=yes",
+        # Every node of a new cluster starts at once; waiting for gossip to settle (8 s or
+        # more per node) buys nothing when the tokens are fixed in advance.
+        "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+        "-Dcassandra.libjemalloc=-",
+        "-Dcassandra.available_processors=2",
+        "-cp",
+        f"{conf}:{artifacts.cassandra_lib}/*",
+        "org.apache.cassandra.service.CassandraDaemon",
+    ]
+    return ManagedProcess(
+        name=node.name, argv=argv, home=home, log_file=home / "logs" / "system.log"
+    )
+
+
+def nodetool_argv(node: CassandraNode, args: list[str], artifacts: Artifacts) -> list[str]:
+    """``nodetool ARGS`` against ``node``, run from the same classpath as the server."""
+    return [
+        "java",
+        "-Xmx128m",
+        "-XX:ParallelGCThreads=1",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",  # a short-lived client: the C1 compiler alone starts faster
+        f"@{MODULE_ARGS}",
+        f"-Dlogback.configurationFile={TEMPLATES / 'nodetool-logback.xml'}",
+        "-cp",
+        f"{artifacts.cassandra_lib}/*",
+        "org.apache.cassandra.tools.NodeTool",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(node.jmx_port),
+        *args,
+    ]
+
+
+class JolokiaError(Exception):
+    """A node's Jolokia agent did not answer (the node is down or still starting)."""
+
+
+STORAGE_SERVICE = "org.apache.cassandra.db:type=StorageService"
+FAILURE_DETECTOR = "org.apache.cassandra.net:type=FailureDetector"
+
+
+def jolokia_read(node: CassandraNode, mbean: str, attributes: list[str],
+                 timeout: float = 3.0) -> dict[str, Any]:
+    """Read MBean attributes of a node over Jolokia's HTTP/JSON protocol."""
+    url = f"http://{node.address}:{node.jolokia_port}/jolokia/"
+    body = {"type": "read", "mbean": mbean, "attribute": attributes}
+    try:
+        resp = httpx.post(url, json=body, timeout=timeout)
+        data = resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise JolokiaError(f"{node.name}: Jolokia at {url} did not answer: {exc}") from exc
+    if data.get("status") != 200:
+        raise JolokiaError(f"{node.name}: Jolokia read of {mbean} failed: {data.get('error')}")
+    return data["value"]
+
+
+def _address(endpoint: str) -> str:
+    """``/127.0.1.1:7000`` or ``127.0.1.1:7000`` -> ``127.0.1.1``."""
+    return endpoint.lstrip("/").rsplit(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class RingView:
+    """What one node knows about the ring: who is up, joining or gone, loads, tokens."""
+
+    observer: str
+    up: frozenset[str]
+    down: frozenset[str]
+    joining: frozenset[str]
+    leaving: frozenset[str]
+    moving: frozenset[str]
+    load_bytes: dict[str, float]
+    tokens: dict[str, list[int]]
+
+    def state(self, address: str) -> str:
+        """Two letters as nodetool prints them: U/D then N(ormal), J, L or M."""
+        status = "U" if address in self.up else "D"
+        if address in self.joining:
+            return status + "J"
+        if address in self.leaving:
+            return status + "L"
+        if address in self.moving:
+            return status + "M"
+        return status + "N"
+
+
+def _parse_load(text: str) -> float:
+    units = {"bytes": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+    value, _, unit = text.strip().partition(" ")
+    try:
+        return float(value) * units.get(unit, 1)
+    except ValueError:
+        return 0.0
+
+
+def ring_view(node: CassandraNode) -> RingView:
+    """The ring as ``node`` sees it (raises :class:`JolokiaError` if it does not answer)."""
+    ss = jolokia_read(
+        node,
+        STORAGE_SERVICE,
+        ["LiveNodesWithPort", "UnreachableNodesWithPort", "JoiningNodesWithPort",
+         "LeavingNodesWithPort", "MovingNodesWithPort", "LoadMapWithPort",
+         "TokenToEndpointWithPortMap"],
+    )
+    tokens: dict[str, list[int]] = {}
+    for token, endpoint in (ss["TokenToEndpointWithPortMap"] or {}).items():
+        tokens.setdefault(_address(endpoint), []).append(int(token))
+
+    def addrs(key: str) -> frozenset[str]:
+        return frozenset(_address(e) for e in ss.get(key) or [])
+
+    return RingView(
+        observer=node.address,
+        up=addrs("LiveNodesWithPort"),
+        down=addrs("UnreachableNodesWithPort"),
+        joining=addrs("JoiningNodesWithPort"),
+        leaving=addrs("LeavingNodesWithPort"),
+        moving=addrs("MovingNodesWithPort"),
+        load_bytes={_address(e): _parse_load(v) for e, v in (ss["LoadMapWithPort"] or {}).items()},
+        tokens=tokens,
+    )
+
+
+def dc_ownership(tokens_by_node: dict[str, list[int]], dc_of: dict[str, str]) -> dict[str, float]:
+    """Each node's share of its own DC's token ring (0..1).
+
+    With NetworkTopologyStrategy every DC holds a full copy of the data, so the balance that
+    matters is within a DC: a node owns the range from the previous token of its DC up to its
+    own. Nodes with no known tokens get 0.
+    """
+    ring = 2**64
+    shares: dict[str, float] = dict.fromkeys(dc_of, 0.0)
+    for dc in set(dc_of.values()):
+        owned = sorted(
+            (t, addr) for addr, ts in tokens_by_node.items() if dc_of.get(addr) == dc for t in ts
+        )
+        for i, (token, addr) in enumerate(owned):
+            previous = owned[i - 1][0]
+            span = (token - previous) % ring or ring  # a lone token owns the whole ring
+            shares[addr] += span / ring
+    return shares

@@ -1,0 +1,202 @@
+"""``retail stack``: run the platform's real servers on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from retail.topology import PROFILES, profile_topology
+from stack import cassandra
+from stack.fetch import fetch_all
+from stack.local import LocalStack, Reporter
+from stack.process import tail_file
+from stack.status import StackStatus, collect
+
+app = typer.Typer(
+    help="Run the platform's real servers locally: Cassandra in three DCs, Kafka (KRaft), "
+    "Prometheus, Alertmanager and statsd_exporter, as processes on 127.0.x.y addresses.",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+class LiveReporter(Reporter):
+    """Draws one line per component while the stack starts."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.start = time.monotonic()
+        self.rows: dict[str, tuple[str, str]] = dict.fromkeys(names, ("…", "starting"))
+        self.live = Live(self._table(), console=console, refresh_per_second=4, transient=False)
+
+    def _table(self) -> Table:
+        t = Table(title=f"starting the stack ({time.monotonic() - self.start:.0f}s)",
+                  title_justify="left", box=None, pad_edge=False)
+        t.add_column("component")
+        t.add_column("", width=2)
+        t.add_column("state")
+        for name, (mark, detail) in self.rows.items():
+            t.add_row(name, mark, detail)
+        return t
+
+    def waiting(self, component: str, detail: str) -> None:
+        self.rows[component] = ("…", detail)
+        self.live.update(self._table())
+
+    def ready(self, component: str, seconds: float) -> None:
+        self.rows[component] = ("[green]✓[/]", f"ready after {seconds:.1f}s")
+        self.live.update(self._table())
+
+
+ProfileOpt = Annotated[str, typer.Option(
+    "--profile", "-p",
+    help="Stack size: " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()))]
+NodesOpt = Annotated[str | None, typer.Option(
+    "--nodes-per-dc", "-n",
+    help="Override the profile's node count: N for every DC, or eu-west=2,us-east=1,...")]
+
+
+@app.command()
+def fetch() -> None:
+    """Download what the stack runs (Cassandra, Kafka, agents, Prometheus, Alertmanager,
+    statsd_exporter) into the cache, if not there yet."""
+    stack = LocalStack()
+    with console.status("checking the cache") as status:
+        artifacts = fetch_all(stack.settings.cache_dir,
+                              lambda step: status.update(f"fetching {step}"))
+    console.print(f"everything is in {artifacts.root}")
+
+
+@app.command()
+def up(
+    profile: ProfileOpt = "test",
+    nodes_per_dc: NodesOpt = None,
+    brokers: Annotated[int | None, typer.Option(help="Kafka brokers: 1 (default) or 3.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Stop and wipe any existing stack first.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 600.0,
+) -> None:
+    """Start the stack (fetching what is missing) and wait until every part is ready:
+    each Cassandra node UN in every other node's view, Kafka answering metadata,
+    Prometheus, Alertmanager and statsd_exporter answering HTTP. A running stack is left as is."""
+    stack = LocalStack()
+    topology = profile_topology(profile, nodes_per_dc, brokers)
+    with console.status("checking the cache") as status:
+        fetch_all(stack.settings.cache_dir, lambda step: status.update(f"fetching {step}"))
+    reporter = LiveReporter([c.name for c in stack.components(topology)])
+    started = time.monotonic()
+    with reporter.live:
+        stack.up(topology, fresh=fresh, timeout=timeout, reporter=reporter)
+    console.print(f"[green]stack ready[/] in {time.monotonic() - started:.1f}s "
+                  f"(state in {stack.dir})")
+
+
+@app.command()
+def down(purge: Annotated[bool, typer.Option(help="Also delete data, logs and state.")] = False
+         ) -> None:
+    """Stop every process the stack started, by PID (Cassandra and Kafka get time to flush)."""
+    stack = LocalStack()
+    with console.status("stopping the stack"):
+        stopped = stack.down(purge=purge)
+    console.print(f"stopped {len(stopped)} processes" + (f": {', '.join(stopped)}" if stopped
+                                                          else " (nothing was running)"))
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return "?"
+
+
+def _print_status(st: StackStatus) -> None:
+    for dc in sorted({n.dc for n in st.nodes}, key=[n.dc for n in st.nodes].index):
+        t = Table(title=f"Datacenter: {dc}", title_justify="left")
+        for col in ("state", "node", "address", "rack", "load", "owns (DC)", "token", "pid"):
+            t.add_column(col)
+        for n in (n for n in st.nodes if n.dc == dc):
+            color = "green" if n.state == "UN" else "red"
+            owns = f"{n.owns:.1%}" if n.owns is not None else "?"
+            t.add_row(f"[{color}]{n.state}[/]", n.name, n.address, n.rack,
+                      _fmt_bytes(n.load_bytes), owns, str(n.token), str(n.pid or "-"))
+        out.print(t)
+    out.print("Status=Up/Down, State=Normal/Leaving/Joining/Moving"
+              + (f"; gossip view of {st.observer}" if st.observer else "; no node answered"))
+    t = Table(title="Services", title_justify="left")
+    for col in ("state", "service", "endpoint", "pid"):
+        t.add_column(col)
+    for s in st.services:
+        color = "green" if s.state == "up" else "red"
+        t.add_row(f"[{color}]{s.state}[/]", s.name, s.endpoint, str(s.pid or "-"))
+    out.print(t)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output with "
+                                                 "every endpoint.")] = False) -> None:
+    """Per-DC node table (state, load, ownership) and every service; exits 1 if anything is down."""
+    st = collect(LocalStack())
+    if as_json:
+        print(json.dumps(st.to_dict(), indent=2))
+    else:
+        _print_status(st)
+    raise typer.Exit(0 if st.ok else 1)
+
+
+@app.command()
+def logs(
+    component: Annotated[str | None, typer.Argument(help="Node or service; all if omitted.")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 30,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+) -> None:
+    """Show the end of a component's log (Cassandra's system.log, Kafka's server.log, ...)."""
+    stack = LocalStack()
+    comps = stack.components(stack.topology())
+    chosen = [c for c in comps if component in (None, c.name, c.endpoint.split(":")[0])]
+    if not chosen:
+        raise typer.BadParameter(f"no component {component!r}; have: "
+                                 + ", ".join(c.name for c in comps))
+    if follow:
+        if len(chosen) != 1:
+            raise typer.BadParameter("--follow needs one component")
+        os.execvp("tail", ["tail", "-n", str(lines), "-F", str(chosen[0].process.main_log)])
+    for c in chosen:
+        out.rule(f"{c.name}: {c.process.main_log}")
+        out.print(tail_file(c.process.main_log, lines), markup=False, highlight=False)
+
+
+@app.command()
+def kill(node: Annotated[str, typer.Argument(help="Node name (eu-west-1), address, or service.")]
+         ) -> None:
+    """SIGKILL one node or service, as a crash would."""
+    console.print(f"killed {LocalStack().kill(node)}")
+
+
+@app.command()
+def start(node: Annotated[str, typer.Argument(help="Node name (eu-west-1), address, or service.")],
+          timeout: float = 300.0) -> None:
+    """Start a stopped node or service and wait until it is ready (a node: UN everywhere)."""
+    with console.status(f"starting {node}"):
+        name = LocalStack().start(node, timeout=timeout)
+    console.print(f"[green]{name} ready[/]")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def nodetool(ctx: typer.Context,
+             node: Annotated[str, typer.Argument(help="Node name (eu-west-1) or address.")]) -> None:
+    """Run Cassandra's nodetool against a node, e.g. `retail stack nodetool eu-west-1 status`."""
+    stack = LocalStack()
+    target = stack.topology().node(node)
+    argv = cassandra.nodetool_argv(target, list(ctx.args), stack.artifacts)
+    sys.exit(subprocess.run(argv, check=False).returncode)

@@ -1,0 +1,106 @@
+"""The state of the local stack: a per-DC node table like ``nodetool status``, every other
+service, and every endpoint a script or test needs."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from retail.topology import Topology
+from stack import cassandra
+from stack.local import LocalStack
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    dc: str
+    rack: str
+    address: str
+    state: str  # UN, DN, UJ ... as nodetool prints it
+    load_bytes: float | None
+    owns: float | None  # share of its DC's token ring, 0..1
+    token: int
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    kind: str
+    endpoint: str
+    state: str  # up | down | not ready
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    nodes: list[NodeStatus]
+    services: list[ServiceStatus]
+    endpoints: dict[str, Any]
+    observer: str | None  # the node whose gossip view the states come from
+
+    @property
+    def ok(self) -> bool:
+        return all(n.state == "UN" for n in self.nodes) and all(
+            s.state == "up" for s in self.services
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "observer": self.observer, "endpoints": self.endpoints,
+                "nodes": [asdict(n) for n in self.nodes],
+                "services": [asdict(s) for s in self.services]}
+
+
+def endpoints(topology: Topology) -> dict[str, Any]:
+    """Every address a client of the stack needs."""
+    return {
+        "cassandra": {
+            "cql_port": topology.nodes[0].cql_port,
+            "contact_points": {dc.name: dc.contact_points for dc in topology.datacenters},
+            "replication": topology.replication(),
+        },
+        "kafka": {"bootstrap_servers": topology.bootstrap_servers},
+        "prometheus": topology.prometheus.url,
+        "alertmanager": topology.alertmanager.url,
+        "statsd": {"host": topology.statsd.host, "port": topology.statsd.port},
+        "statsd_exporter": topology.statsd_exporter.url,
+    }
+
+
+def collect(stack: LocalStack) -> StackStatus:
+    """Ask every process and one live Cassandra node how things are."""
+    topo = stack.topology()
+    comps = stack.components(topo)
+    pids = {c.name: c.process.pid() for c in comps}
+
+    # The node table comes from the first live node's gossip view, as nodetool's does.
+    view = None
+    for node in topo.nodes:
+        if pids[node.name] is None:
+            continue
+        with contextlib.suppress(cassandra.JolokiaError):
+            view = cassandra.ring_view(node)
+            break
+    dc_of = {n.address: n.dc for n in topo.nodes}
+    owns = cassandra.dc_ownership(view.tokens, dc_of) if view else {}
+    nodes = []
+    for n in topo.nodes:
+        # A node whose process we know is gone is down, whatever gossip has noticed so far.
+        state = view.state(n.address) if view and pids[n.name] else "DN"
+        nodes.append(NodeStatus(
+            name=n.name, dc=n.dc, rack=n.rack, address=n.address, state=state,
+            load_bytes=view.load_bytes.get(n.address) if view else None,
+            owns=owns.get(n.address) if view else None, token=n.token, pid=pids[n.name]))
+
+    services = []
+    for c in comps:
+        if c.kind == "cassandra":
+            continue
+        if pids[c.name] is None:
+            state = "down"
+        else:
+            state = "up" if c.probe() is None else "not ready"
+        services.append(ServiceStatus(c.name, c.kind, c.endpoint, state, pids[c.name]))
+    return StackStatus(nodes, services, endpoints(topo), view.observer if view else None)
