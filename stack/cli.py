@@ -27,7 +27,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console(stderr=True)
-out = Console()
+# Piped output (scripts, CI logs) gets no terminal width; rich would then squeeze the node
+# table into 80 columns and cut addresses and tokens.
+out = Console(width=None if sys.stdout.isatty() else 140)
 
 
 class LiveReporter(Reporter):

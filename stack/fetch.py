@@ -93,6 +93,7 @@ class Artifacts:
             "kafka": self.kafka_lib.parent / ".complete",
             "agents": self.agents.parent / ".complete",
             "prometheus+alertmanager": self.debian_root / ".complete",
+            "alertmanager templates": DEBIAN_TEMPLATE_DIR / "default.tmpl",
             "statsd_exporter": self.statsd_exporter,
         }
         return [name for name, marker in checks.items() if not marker.exists()]
@@ -134,8 +135,13 @@ def _maven(name: str, target: Path, transitive: bool) -> None:
 
 def _debian(root: Path) -> None:
     marker = root / ".complete"
-    if marker.exists():
-        return
+    if not marker.exists():
+        _download_debian(root)
+    _install_alertmanager_templates(root)
+
+
+def _download_debian(root: Path) -> None:
+    marker = root / ".complete"
     shutil.rmtree(root, ignore_errors=True)
     debs = root.parent / "debian-debs"
     shutil.rmtree(debs, ignore_errors=True)
@@ -158,6 +164,29 @@ def _debian(root: Path) -> None:
     marker.touch()
 
 
+# Debian patches Alertmanager to read its default notification templates from this fixed path
+# instead of the copy compiled into upstream builds; without them it refuses its config.
+DEBIAN_TEMPLATE_DIR = Path("/usr/share/prometheus/alertmanager")
+
+
+def _install_alertmanager_templates(root: Path) -> None:
+    """Put the package's own template files where its patched binary looks for them.
+
+    We do not ``apt-get install`` the package: its init script would start a second
+    Alertmanager on the port ours uses.
+    """
+    unpacked = root / DEBIAN_TEMPLATE_DIR.relative_to("/")
+    wanted = sorted(unpacked.glob("*.tmpl"))
+    if all((DEBIAN_TEMPLATE_DIR / t.name).exists() for t in wanted):
+        return
+    argv = ["install", "-D", "-m", "0644", "-t", str(DEBIAN_TEMPLATE_DIR), *map(str, wanted)]
+    if os.geteuid() != 0:
+        argv = ["sudo", "-n", *argv]
+    _run("installing Alertmanager's templates", argv,
+         hint=f"Debian's Alertmanager reads them from {DEBIAN_TEMPLATE_DIR}; copy "
+              f"{unpacked}/*.tmpl there as root once.")
+
+
 def _statsd_exporter(binary: Path) -> None:
     if binary.exists():
         return
@@ -177,6 +206,7 @@ def fetch_all(cache_dir: Path, on_step: Callable[[str], None] | None = None) -> 
         ("kafka", lambda: _maven("kafka", artifacts.kafka_lib, transitive=True)),
         ("agents", lambda: _maven("agents", artifacts.agents, transitive=False)),
         ("prometheus+alertmanager", lambda: _debian(artifacts.debian_root)),
+        ("alertmanager templates", lambda: _debian(artifacts.debian_root)),
         ("statsd_exporter", lambda: _statsd_exporter(artifacts.statsd_exporter)),
     ]
     missing = set(artifacts.missing())

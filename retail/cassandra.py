@@ -1,0 +1,73 @@
+"""Cassandra access: one way to build a DC-aware, token-aware session for the platform."""
+
+from __future__ import annotations
+
+import logging
+
+from cassandra import ConsistencyLevel
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    TokenAwarePolicy,
+    WhiteListRoundRobinPolicy,
+)
+
+from retail.settings import Settings, get_settings
+from retail.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+def consistency(name: str) -> int:
+    """A consistency level by name (``LOCAL_QUORUM``), with the valid names in the error."""
+    try:
+        return ConsistencyLevel.name_to_value[name.upper()]
+    except KeyError:
+        valid = ", ".join(sorted(ConsistencyLevel.name_to_value))
+        raise ValueError(f"unknown consistency level {name!r}; use one of: {valid}") from None
+
+
+def connect(
+    topology: Topology,
+    local_dc: str,
+    *,
+    keyspace: str | None = None,
+    consistency_level: str = "LOCAL_QUORUM",
+    pin_to_dc: bool = False,
+    request_timeout: float = 10.0,
+    settings: Settings | None = None,
+) -> tuple[Cluster, Session]:
+    """A session whose coordinators are the nodes of ``local_dc``, chosen by token.
+
+    ``pin_to_dc`` never lets a request leave the DC, even if every local node is down: for
+    checks that must read one DC's replicas only (the driver's DC-aware policy does not
+    fail over to remote DCs by default either, but this makes it explicit).
+    """
+    settings = settings or get_settings()
+    dc = topology.datacenter(local_dc)
+    child = (
+        WhiteListRoundRobinPolicy(dc.contact_points)
+        if pin_to_dc
+        else DCAwareRoundRobinPolicy(local_dc=local_dc)
+    )
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(child),
+        consistency_level=consistency(consistency_level),
+        request_timeout=request_timeout,
+    )
+    auth = None
+    if settings.cassandra_username and settings.cassandra_password:
+        auth = PlainTextAuthProvider(
+            settings.cassandra_username, settings.cassandra_password.get_secret_value()
+        )
+    cluster = Cluster(
+        contact_points=dc.contact_points,
+        port=dc.nodes[0].cql_port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        auth_provider=auth,
+        protocol_version=5,
+    )
+    session = cluster.connect(keyspace)
+    log.debug("connected to %s (local DC %s, %s)", dc.contact_points, local_dc, consistency_level)
+    return cluster, session

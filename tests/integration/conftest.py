@@ -1,0 +1,99 @@
+"""The real local stack, started once per test session (or reused if one is already running).
+
+Like ccm's tests, the session fails if a server log shows an ERROR that no test expected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retail.topology import Topology, profile_topology
+from stack.local import LocalStack
+from stack.status import collect
+
+log = logging.getLogger(__name__)
+
+RETAIL = [sys.executable, "-m", "retail.cli"]
+
+# ERROR lines that a test provokes on purpose or that the servers log in normal operation.
+EXPECTED_ERRORS = [
+    # A node killed with SIGKILL by the failover test: its peers log the broken connections.
+    re.compile(r"Connection reset by peer|Broken pipe|Connection refused"),
+]
+
+
+def retail(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the `retail` command as a user would."""
+    done = subprocess.run([*RETAIL, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"retail {' '.join(args)} exited {done.returncode}:\n"
+                             f"{done.stdout}\n{done.stderr}")
+    return done
+
+
+def status_json() -> tuple[int, dict]:
+    done = retail("stack", "status", "--json", check=False)
+    return done.returncode, json.loads(done.stdout)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that stop the whole stack run after all the others.
+    items.sort(key=lambda item: item.get_closest_marker("stops_stack") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stops_stack: stops the shared stack; runs last")
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[LocalStack]:
+    stack = LocalStack()
+    wanted = profile_topology("test")
+    reuse = stack.saved_topology() == wanted and bool(stack.running(wanted))
+    if reuse:
+        log.info("reusing the running stack in %s", stack.dir)
+        stack.up(wanted, timeout=300)
+    else:
+        stack.up(wanted, fresh=True, timeout=600)
+    yield stack
+    _check_server_logs(stack)
+    if not reuse:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def topology(local_stack: LocalStack) -> Topology:
+    return local_stack.topology()
+
+
+def _check_server_logs(stack: LocalStack) -> None:
+    topo = stack.saved_topology()
+    if topo is None:
+        return
+    unexpected: list[str] = []
+    logs = [c.process.main_log for c in stack.components(topo) if c.kind in ("cassandra", "kafka")]
+    for path in logs:
+        if not Path(path).exists():
+            continue
+        for line in Path(path).read_text(errors="replace").splitlines():
+            if line.startswith("ERROR") or " ERROR " in line[:40]:
+                if not any(p.search(line) for p in EXPECTED_ERRORS):
+                    unexpected.append(f"{path}: {line[:300]}")
+    assert not unexpected, "unexpected ERROR lines in server logs:\n" + "\n".join(unexpected[:20])
+
+
+@pytest.fixture
+def healthy(local_stack: LocalStack) -> LocalStack:
+    """The stack, asserted fully up before the test starts."""
+    st = collect(local_stack)
+    assert st.ok, json.dumps(st.to_dict(), indent=2)
+    return local_stack

@@ -1,0 +1,112 @@
+"""The local stack as a user sees it through `retail stack`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from retail.topology import REGIONS, Topology
+from stack.local import LocalStack
+from tests.integration.conftest import retail, status_json
+
+
+def test_three_dcs_with_every_node_up_normal(healthy: LocalStack, topology: Topology) -> None:
+    code, st = status_json()
+    assert code == 0
+    assert st["ok"] is True
+    by_dc: dict[str, list[dict]] = {}
+    for node in st["nodes"]:
+        by_dc.setdefault(node["dc"], []).append(node)
+    assert sorted(by_dc) == sorted(r.dc for r in REGIONS)
+    for dc in topology.datacenters:
+        nodes = by_dc[dc.name]
+        assert [n["name"] for n in nodes] == [n.name for n in dc.nodes]
+        assert all(n["state"] == "UN" for n in nodes), nodes
+        assert sum(n["owns"] for n in nodes) == pytest.approx(1.0)
+    services = {s["name"]: s["state"] for s in st["services"]}
+    assert services == {"statsd_exporter": "up", "alertmanager": "up", "prometheus": "up",
+                        "kafka-1": "up"}
+
+
+def test_status_json_gives_every_endpoint(healthy: LocalStack, topology: Topology) -> None:
+    _, st = status_json()
+    ep = st["endpoints"]
+    assert ep["cassandra"]["contact_points"] == {
+        dc.name: [n.address for n in dc.nodes] for dc in topology.datacenters}
+    assert ep["kafka"]["bootstrap_servers"] == topology.bootstrap_servers
+    assert ep["prometheus"].startswith("http://127.0.0.1:")
+    assert ep["alertmanager"].startswith("http://127.0.0.1:")
+    assert ep["statsd"] == {"host": topology.statsd.host, "port": topology.statsd.port}
+
+
+def test_human_status_shows_a_table_per_dc(healthy: LocalStack) -> None:
+    out = retail("stack", "status").stdout
+    for region in REGIONS:
+        assert f"Datacenter: {region.dc}" in out
+    assert "UN" in out and "prometheus" in out
+
+
+def test_up_on_a_running_stack_changes_nothing(healthy: LocalStack, topology: Topology) -> None:
+    before = {c.name: c.process.pid() for c in healthy.components(topology)}
+    retail("stack", "up", "--profile", "test")
+    after = {c.name: c.process.pid() for c in healthy.components(topology)}
+    assert after == before
+
+
+def test_nodetool_runs_against_a_node(healthy: LocalStack, topology: Topology) -> None:
+    out = retail("stack", "nodetool", "us-east-1", "status").stdout
+    for node in topology.nodes:
+        assert f"UN  {node.address}" in out
+
+
+def test_logs_show_the_end_of_a_nodes_system_log(healthy: LocalStack) -> None:
+    out = retail("stack", "logs", "eu-west-1", "-n", "5").stdout
+    assert "system.log" in out
+
+
+def test_a_killed_node_shows_down_and_start_brings_it_back(healthy: LocalStack) -> None:
+    retail("stack", "kill", "us-east-1")
+    code, st = status_json()
+    assert code == 1
+    states = {n["name"]: n["state"] for n in st["nodes"]}
+    assert states["us-east-1"] == "DN"
+    assert states["eu-west-1"] == "UN"
+
+    retail("stack", "start", "us-east-1")
+    code, st = status_json()
+    assert code == 0, st
+    assert all(n["state"] == "UN" for n in st["nodes"])
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """PIDs of every process whose working directory is inside ``directory``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(directory)):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.stops_stack
+def test_down_stops_everything_it_started(local_stack: LocalStack, topology: Topology) -> None:
+    pids = [c.process.pid() for c in local_stack.components(topology)]
+    assert all(pids)
+    retail("stack", "down")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if Path(f"/proc/{p}/stat").exists()
+                and Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z"]
+    assert _processes_in(local_stack.dir) == []
+    code, st = status_json()
+    assert code == 1
+    assert {s["state"] for s in st["services"]} == {"down"}
