@@ -13,15 +13,20 @@ from retail import logs
 from retail.errors import RetailError
 from retail.settings import get_settings
 
-app = typer.Typer(help="The retail data platform: local stack, pipeline and operations.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="The retail data platform: local stack, pipeline and operations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console(stderr=True)
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v",
-                                                help="Debug logs, driver noise included.")] = False
-          ) -> None:
+def _root(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logs, driver noise included.")
+    ] = False,
+) -> None:
     logs.configure(get_settings().log_level, verbose=verbose)
 
 
@@ -43,12 +48,15 @@ def demo(profile: Annotated[str, typer.Option("--profile", "-p")] = "demo") -> N
 
     st = collect(LocalStack())
     stack_cli._print_status(st)
-    console.print(Panel.fit(
-        "The stack keeps running in the background.\n"
-        "  retail stack status        nodes and services\n"
-        "  retail stack logs NODE     a node's system.log\n"
-        "  retail stack down          stop everything (add --purge to delete the data)",
-        title="next"))
+    console.print(
+        Panel.fit(
+            "The stack keeps running in the background.\n"
+            "  retail stack status        nodes and services\n"
+            "  retail stack logs NODE     a node's system.log\n"
+            "  retail stack down          stop everything (add --purge to delete the data)",
+            title="next",
+        )
+    )
 
 
 def main() -> None:

@@ -159,8 +159,9 @@ STORAGE_SERVICE = "org.apache.cassandra.db:type=StorageService"
 FAILURE_DETECTOR = "org.apache.cassandra.net:type=FailureDetector"
 
 
-def jolokia_read(node: CassandraNode, mbean: str, attributes: list[str],
-                 timeout: float = 3.0) -> dict[str, Any]:
+def jolokia_read(
+    node: CassandraNode, mbean: str, attributes: list[str], timeout: float = 3.0
+) -> dict[str, Any]:
     """Read MBean attributes of a node over Jolokia's HTTP/JSON protocol."""
     url = f"http://{node.address}:{node.jolokia_port}/jolokia/"
     body = {"type": "read", "mbean": mbean, "attribute": attributes}
@@ -218,9 +219,15 @@ def ring_view(node: CassandraNode) -> RingView:
     ss = jolokia_read(
         node,
         STORAGE_SERVICE,
-        ["LiveNodesWithPort", "UnreachableNodesWithPort", "JoiningNodesWithPort",
-         "LeavingNodesWithPort", "MovingNodesWithPort", "LoadMapWithPort",
-         "TokenToEndpointWithPortMap"],
+        [
+            "LiveNodesWithPort",
+            "UnreachableNodesWithPort",
+            "JoiningNodesWithPort",
+            "LeavingNodesWithPort",
+            "MovingNodesWithPort",
+            "LoadMapWithPort",
+            "TokenToEndpointWithPortMap",
+        ],
     )
     tokens: dict[str, list[int]] = {}
     for token, endpoint in (ss["TokenToEndpointWithPortMap"] or {}).items():

@@ -41,8 +41,12 @@ class LiveReporter(Reporter):
         self.live = Live(self._table(), console=console, refresh_per_second=4, transient=False)
 
     def _table(self) -> Table:
-        t = Table(title=f"starting the stack ({time.monotonic() - self.start:.0f}s)",
-                  title_justify="left", box=None, pad_edge=False)
+        t = Table(
+            title=f"starting the stack ({time.monotonic() - self.start:.0f}s)",
+            title_justify="left",
+            box=None,
+            pad_edge=False,
+        )
         t.add_column("component")
         t.add_column("", width=2)
         t.add_column("state")
@@ -59,12 +63,22 @@ class LiveReporter(Reporter):
         self.live.update(self._table())
 
 
-ProfileOpt = Annotated[str, typer.Option(
-    "--profile", "-p",
-    help="Stack size: " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()))]
-NodesOpt = Annotated[str | None, typer.Option(
-    "--nodes-per-dc", "-n",
-    help="Override the profile's node count: N for every DC, or eu-west=2,us-east=1,...")]
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Stack size: " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()),
+    ),
+]
+NodesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--nodes-per-dc",
+        "-n",
+        help="Override the profile's node count: N for every DC, or eu-west=2,us-east=1,...",
+    ),
+]
 
 
 @app.command()
@@ -73,8 +87,9 @@ def fetch() -> None:
     statsd_exporter) into the cache, if not there yet."""
     stack = LocalStack()
     with console.status("checking the cache") as status:
-        artifacts = fetch_all(stack.settings.cache_dir,
-                              lambda step: status.update(f"fetching {step}"))
+        artifacts = fetch_all(
+            stack.settings.cache_dir, lambda step: status.update(f"fetching {step}")
+        )
     console.print(f"everything is in {artifacts.root}")
 
 
@@ -97,19 +112,23 @@ def up(
     started = time.monotonic()
     with reporter.live:
         stack.up(topology, fresh=fresh, timeout=timeout, reporter=reporter)
-    console.print(f"[green]stack ready[/] in {time.monotonic() - started:.1f}s "
-                  f"(state in {stack.dir})")
+    console.print(
+        f"[green]stack ready[/] in {time.monotonic() - started:.1f}s (state in {stack.dir})"
+    )
 
 
 @app.command()
-def down(purge: Annotated[bool, typer.Option(help="Also delete data, logs and state.")] = False
-         ) -> None:
+def down(
+    purge: Annotated[bool, typer.Option(help="Also delete data, logs and state.")] = False,
+) -> None:
     """Stop every process the stack started, by PID (Cassandra and Kafka get time to flush)."""
     stack = LocalStack()
     with console.status("stopping the stack"):
         stopped = stack.down(purge=purge)
-    console.print(f"stopped {len(stopped)} processes" + (f": {', '.join(stopped)}" if stopped
-                                                          else " (nothing was running)"))
+    console.print(
+        f"stopped {len(stopped)} processes"
+        + (f": {', '.join(stopped)}" if stopped else " (nothing was running)")
+    )
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -130,11 +149,21 @@ def _print_status(st: StackStatus) -> None:
         for n in (n for n in st.nodes if n.dc == dc):
             color = "green" if n.state == "UN" else "red"
             owns = f"{n.owns:.1%}" if n.owns is not None else "?"
-            t.add_row(f"[{color}]{n.state}[/]", n.name, n.address, n.rack,
-                      _fmt_bytes(n.load_bytes), owns, str(n.token), str(n.pid or "-"))
+            t.add_row(
+                f"[{color}]{n.state}[/]",
+                n.name,
+                n.address,
+                n.rack,
+                _fmt_bytes(n.load_bytes),
+                owns,
+                str(n.token),
+                str(n.pid or "-"),
+            )
         out.print(t)
-    out.print("Status=Up/Down, State=Normal/Leaving/Joining/Moving"
-              + (f"; gossip view of {st.observer}" if st.observer else "; no node answered"))
+    out.print(
+        "Status=Up/Down, State=Normal/Leaving/Joining/Moving"
+        + (f"; gossip view of {st.observer}" if st.observer else "; no node answered")
+    )
     t = Table(title="Services", title_justify="left")
     for col in ("state", "service", "endpoint", "pid"):
         t.add_column(col)
@@ -145,8 +174,11 @@ def _print_status(st: StackStatus) -> None:
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output with "
-                                                 "every endpoint.")] = False) -> None:
+def status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output with every endpoint.")
+    ] = False,
+) -> None:
     """Per-DC node table (state, load, ownership) and every service; exits 1 if anything is down."""
     st = collect(LocalStack())
     if as_json:
@@ -158,17 +190,22 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 @app.command()
 def logs(
-    component: Annotated[str | None, typer.Argument(help="Node or service; all if omitted.")] = None,
+    component: Annotated[
+        str | None, typer.Argument(help="Node or service; all if omitted.")
+    ] = None,
     lines: Annotated[int, typer.Option("--lines", "-n")] = 30,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
 ) -> None:
     """Show the end of a component's log (Cassandra's system.log, Kafka's server.log, ...)."""
     stack = LocalStack()
     comps = stack.components(stack.topology())
     chosen = [c for c in comps if component in (None, c.name, c.endpoint.split(":")[0])]
     if not chosen:
-        raise typer.BadParameter(f"no component {component!r}; have: "
-                                 + ", ".join(c.name for c in comps))
+        raise typer.BadParameter(
+            f"no component {component!r}; have: " + ", ".join(c.name for c in comps)
+        )
     if follow:
         if len(chosen) != 1:
             raise typer.BadParameter("--follow needs one component")
@@ -179,15 +216,18 @@ def logs(
 
 
 @app.command()
-def kill(node: Annotated[str, typer.Argument(help="Node name (eu-west-1), address, or service.")]
-         ) -> None:
+def kill(
+    node: Annotated[str, typer.Argument(help="Node name (eu-west-1), address, or service.")],
+) -> None:
     """SIGKILL one node or service, as a crash would."""
     console.print(f"killed {LocalStack().kill(node)}")
 
 
 @app.command()
-def start(node: Annotated[str, typer.Argument(help="Node name (eu-west-1), address, or service.")],
-          timeout: float = 300.0) -> None:
+def start(
+    node: Annotated[str, typer.Argument(help="Node name (eu-west-1), address, or service.")],
+    timeout: float = 300.0,
+) -> None:
     """Start a stopped node or service and wait until it is ready (a node: UN everywhere)."""
     with console.status(f"starting {node}"):
         name = LocalStack().start(node, timeout=timeout)
@@ -195,8 +235,10 @@ def start(node: Annotated[str, typer.Argument(help="Node name (eu-west-1), addre
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def nodetool(ctx: typer.Context,
-             node: Annotated[str, typer.Argument(help="Node name (eu-west-1) or address.")]) -> None:
+def nodetool(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node name (eu-west-1) or address.")],
+) -> None:
     """Run Cassandra's nodetool against a node, e.g. `retail stack nodetool eu-west-1 status`."""
     stack = LocalStack()
     target = stack.topology().node(node)

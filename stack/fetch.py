@@ -106,12 +106,23 @@ def _one(directory: Path, pattern: str) -> Path:
     return found[-1]
 
 
-def _run(step: str, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
-         hint: str = "") -> None:
+def _run(
+    step: str,
+    argv: list[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    hint: str = "",
+) -> None:
     log.debug("%s: %s", step, " ".join(argv))
     try:
-        done = subprocess.run(argv, cwd=cwd, env={**os.environ, **(env or {})},
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     except FileNotFoundError as exc:
         raise FetchError(f"{step}: {argv[0]} is not installed. {hint}".strip()) from exc
     if done.returncode != 0:
@@ -125,11 +136,21 @@ def _maven(name: str, target: Path, transitive: bool) -> None:
         return
     shutil.rmtree(target.parent, ignore_errors=True)
     target.mkdir(parents=True)
-    argv = ["mvn", "-q", "-B", "-f", str(JVM_DIR / name / "pom.xml"),
-            "dependency:copy-dependencies", f"-DoutputDirectory={target}"]
+    argv = [
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(JVM_DIR / name / "pom.xml"),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={target}",
+    ]
     argv += ["-DincludeScope=runtime"] if transitive else ["-DexcludeTransitive=true"]
-    _run(f"fetching {name} from Maven Central", argv,
-         hint="Maven (mvn) and a JDK 17 are needed: apt-get install maven openjdk-17-jdk-headless")
+    _run(
+        f"fetching {name} from Maven Central",
+        argv,
+        hint="Maven (mvn) and a JDK 17 are needed: apt-get install maven openjdk-17-jdk-headless",
+    )
     marker.touch()
 
 
@@ -148,15 +169,23 @@ def _download_debian(root: Path) -> None:
     debs.mkdir(parents=True)
     hint = "apt-get download needs current package lists: run `apt-get update` (as root) once."
     try:
-        _run("downloading Debian packages", ["apt-get", "download", *DEBIAN_PACKAGES], cwd=debs,
-             hint=hint)
+        _run(
+            "downloading Debian packages",
+            ["apt-get", "download", *DEBIAN_PACKAGES],
+            cwd=debs,
+            hint=hint,
+        )
     except FetchError:
         if os.geteuid() != 0:
             raise
         # Fresh machines often have no package lists yet; as root we can fix that ourselves.
         _run("refreshing Debian package lists", ["apt-get", "update", "-q"])
-        _run("downloading Debian packages", ["apt-get", "download", *DEBIAN_PACKAGES], cwd=debs,
-             hint=hint)
+        _run(
+            "downloading Debian packages",
+            ["apt-get", "download", *DEBIAN_PACKAGES],
+            cwd=debs,
+            hint=hint,
+        )
     root.mkdir(parents=True)
     for deb in sorted(debs.glob("*.deb")):
         _run(f"unpacking {deb.name}", ["dpkg-deb", "-x", str(deb), str(root)])
@@ -182,9 +211,12 @@ def _install_alertmanager_templates(root: Path) -> None:
     argv = ["install", "-D", "-m", "0644", "-t", str(DEBIAN_TEMPLATE_DIR), *map(str, wanted)]
     if os.geteuid() != 0:
         argv = ["sudo", "-n", *argv]
-    _run("installing Alertmanager's templates", argv,
-         hint=f"Debian's Alertmanager reads them from {DEBIAN_TEMPLATE_DIR}; copy "
-              f"{unpacked}/*.tmpl there as root once.")
+    _run(
+        "installing Alertmanager's templates",
+        argv,
+        hint=f"Debian's Alertmanager reads them from {DEBIAN_TEMPLATE_DIR}; copy "
+        f"{unpacked}/*.tmpl there as root once.",
+    )
 
 
 def _statsd_exporter(binary: Path) -> None:
@@ -192,10 +224,12 @@ def _statsd_exporter(binary: Path) -> None:
         return
     binary.parent.mkdir(parents=True, exist_ok=True)
     # GOTOOLCHAIN=local: build with the installed Go instead of trying to download another one.
-    _run("building statsd_exporter with go install",
-         ["go", "install", f"{STATSD_EXPORTER_MODULE}@{STATSD_EXPORTER_VERSION}"],
-         env={"GOBIN": str(binary.parent), "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"},
-         hint="Go 1.25 or newer is needed (https://go.dev/doc/install or apt-get install golang).")
+    _run(
+        "building statsd_exporter with go install",
+        ["go", "install", f"{STATSD_EXPORTER_MODULE}@{STATSD_EXPORTER_VERSION}"],
+        env={"GOBIN": str(binary.parent), "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"},
+        hint="Go 1.25 or newer is needed (https://go.dev/doc/install or apt-get install golang).",
+    )
 
 
 def fetch_all(cache_dir: Path, on_step: Callable[[str], None] | None = None) -> Artifacts:

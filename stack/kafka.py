@@ -80,28 +80,49 @@ def _jvm(home: Path, heap_mb: int) -> list[str]:
     ]
 
 
-def format_storage(stack_dir: Path, topology: Topology, broker: KafkaBroker,
-                   artifacts: Artifacts) -> None:
+def format_storage(
+    stack_dir: Path, topology: Topology, broker: KafkaBroker, artifacts: Artifacts
+) -> None:
     """Format the broker's log dir once; a formatted dir is left alone."""
     home = broker_home(stack_dir, broker)
     if (home / "data" / "meta.properties").exists():
         return
-    argv = [*_jvm(home, 256), "-cp", f"{artifacts.kafka_lib}/*", "kafka.tools.StorageTool",
-            "format", "-t", cluster_id(stack_dir), "-c", str(home / "server.properties")]
+    argv = [
+        *_jvm(home, 256),
+        "-cp",
+        f"{artifacts.kafka_lib}/*",
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id(stack_dir),
+        "-c",
+        str(home / "server.properties"),
+    ]
     if len(topology.brokers) == 1:
         argv.append("--standalone")
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise ComponentError(broker.name, "formatting its storage failed",
-                             (done.stdout + done.stderr)[-3000:])
+        raise ComponentError(
+            broker.name, "formatting its storage failed", (done.stdout + done.stderr)[-3000:]
+        )
 
 
-def broker_process(stack_dir: Path, topology: Topology, broker: KafkaBroker,
-                   artifacts: Artifacts) -> ManagedProcess:
+def broker_process(
+    stack_dir: Path, topology: Topology, broker: KafkaBroker, artifacts: Artifacts
+) -> ManagedProcess:
     home = broker_home(stack_dir, broker)
-    exporter = (f"-javaagent:{artifacts.jmx_exporter_jar}="
-                f"{broker.address}:{broker.exporter_port}:{MONITORING / 'jmx' / 'kafka.yml'}")
-    argv = [*_jvm(home, 512), exporter, "-cp", f"{artifacts.kafka_lib}/*", "kafka.Kafka",
-            str(home / "server.properties")]
-    return ManagedProcess(name=broker.name, argv=argv, home=home,
-                          log_file=home / "logs" / "server.log")
+    exporter = (
+        f"-javaagent:{artifacts.jmx_exporter_jar}="
+        f"{broker.address}:{broker.exporter_port}:{MONITORING / 'jmx' / 'kafka.yml'}"
+    )
+    argv = [
+        *_jvm(home, 512),
+        exporter,
+        "-cp",
+        f"{artifacts.kafka_lib}/*",
+        "kafka.Kafka",
+        str(home / "server.properties"),
+    ]
+    return ManagedProcess(
+        name=broker.name, argv=argv, home=home, log_file=home / "logs" / "server.log"
+    )

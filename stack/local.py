@@ -100,27 +100,58 @@ class LocalStack:
         """Every process of the stack, in start order (monitoring first, Cassandra last)."""
         d, a = self.dir, self.artifacts
         comps = [
-            Component("statsd_exporter", "statsd_exporter", topology.statsd_exporter.url,
-                      monitoring.statsd_exporter_process(d, topology, a),
-                      lambda: None if _http_ok(f"{topology.statsd_exporter.url}/metrics")
-                      else "waiting for its metrics page"),
-            Component("alertmanager", "alertmanager", topology.alertmanager.url,
-                      monitoring.alertmanager_process(d, topology, a),
-                      lambda: None if _http_ok(f"{topology.alertmanager.url}/-/ready")
-                      else "waiting for /-/ready"),
-            Component("prometheus", "prometheus", topology.prometheus.url,
-                      monitoring.prometheus_process(d, topology, a),
-                      lambda: None if _http_ok(f"{topology.prometheus.url}/-/ready")
-                      else "waiting for /-/ready"),
+            Component(
+                "statsd_exporter",
+                "statsd_exporter",
+                topology.statsd_exporter.url,
+                monitoring.statsd_exporter_process(d, topology, a),
+                lambda: (
+                    None
+                    if _http_ok(f"{topology.statsd_exporter.url}/metrics")
+                    else "waiting for its metrics page"
+                ),
+            ),
+            Component(
+                "alertmanager",
+                "alertmanager",
+                topology.alertmanager.url,
+                monitoring.alertmanager_process(d, topology, a),
+                lambda: (
+                    None
+                    if _http_ok(f"{topology.alertmanager.url}/-/ready")
+                    else "waiting for /-/ready"
+                ),
+            ),
+            Component(
+                "prometheus",
+                "prometheus",
+                topology.prometheus.url,
+                monitoring.prometheus_process(d, topology, a),
+                lambda: (
+                    None
+                    if _http_ok(f"{topology.prometheus.url}/-/ready")
+                    else "waiting for /-/ready"
+                ),
+            ),
         ]
         comps += [
-            Component(b.name, "kafka", b.bootstrap, kafka.broker_process(d, topology, b, a),
-                      self._kafka_probe(topology, b))
+            Component(
+                b.name,
+                "kafka",
+                b.bootstrap,
+                kafka.broker_process(d, topology, b, a),
+                self._kafka_probe(topology, b),
+            )
             for b in topology.brokers
         ]
         comps += [
-            Component(n.name, "cassandra", f"{n.address}:{n.cql_port}",
-                      cassandra.node_process(d, topology, n, a), self._cassandra_probe(topology, n))
+            Component(
+                n.name,
+                "cassandra",
+                f"{n.address}:{n.cql_port}",
+                cassandra.node_process(d, topology, n, a),
+                self._cassandra_probe(topology, n),
+            )
             for n in topology.nodes
         ]
         return comps
@@ -128,9 +159,11 @@ class LocalStack:
     def _handles(self, topology: Topology) -> list[tuple[str, str, ManagedProcess]]:
         """(name, kind, process) for every component, without needing the fetched artifacts:
         enough to find, signal and stop what runs."""
-        homes = [("statsd_exporter", "statsd_exporter", self.dir / "statsd_exporter"),
-                 ("alertmanager", "alertmanager", self.dir / "alertmanager"),
-                 ("prometheus", "prometheus", self.dir / "prometheus")]
+        homes = [
+            ("statsd_exporter", "statsd_exporter", self.dir / "statsd_exporter"),
+            ("alertmanager", "alertmanager", self.dir / "alertmanager"),
+            ("prometheus", "prometheus", self.dir / "prometheus"),
+        ]
         homes += [(b.name, "kafka", kafka.broker_home(self.dir, b)) for b in topology.brokers]
         homes += [(n.name, "cassandra", cassandra.node_home(self.dir, n)) for n in topology.nodes]
         return [(name, kind, ManagedProcess(name, [], home)) for name, kind, home in homes]
@@ -142,8 +175,12 @@ class LocalStack:
                 return f"waiting for port {broker.port}"
             from confluent_kafka.admin import AdminClient
 
-            admin = AdminClient({"bootstrap.servers": broker.bootstrap,
-                                 "logger": logging.getLogger("stack.kafka.client")})
+            admin = AdminClient(
+                {
+                    "bootstrap.servers": broker.bootstrap,
+                    "logger": logging.getLogger("stack.kafka.client"),
+                }
+            )
             try:
                 meta = admin.list_topics(timeout=3)
             except Exception as exc:  # KafkaException: not answering metadata yet
@@ -187,9 +224,15 @@ class LocalStack:
             return []
         return [name for name, _, proc in self._handles(topo) if proc.alive()]
 
-    def up(self, topology: Topology, *, fresh: bool = False, timeout: float = 600.0,
-           reporter: Reporter | None = None,
-           on_fetch: Callable[[str], None] | None = None) -> Topology:
+    def up(
+        self,
+        topology: Topology,
+        *,
+        fresh: bool = False,
+        timeout: float = 600.0,
+        reporter: Reporter | None = None,
+        on_fetch: Callable[[str], None] | None = None,
+    ) -> Topology:
         """Start what is not running and wait until everything is ready.
 
         On a running stack of the same topology this starts nothing and only checks readiness.
@@ -204,7 +247,8 @@ class LocalStack:
                 raise StackError(
                     f"a stack of another shape is running from {self.dir} "
                     f"({_shape(saved)}; asked for {_shape(topology)}). "
-                    "Stop it first: `retail stack down`, or `retail stack up --fresh`.")
+                    "Stop it first: `retail stack down`, or `retail stack up --fresh`."
+                )
             log.info("replacing the stopped stack (%s) with %s", _shape(saved), _shape(topology))
             self.down(purge=True)
         fetch_all(self.settings.cache_dir, on_fetch)
@@ -233,8 +277,12 @@ class LocalStack:
         while pending:
             for comp in list(pending):
                 if not comp.process.alive():
-                    raise ComponentError(comp.name, "exited during start-up",
-                                         comp.process.tail(), str(comp.process.main_log))
+                    raise ComponentError(
+                        comp.name,
+                        "exited during start-up",
+                        comp.process.tail(),
+                        str(comp.process.main_log),
+                    )
                 detail = comp.probe()
                 if detail is None:
                     pending.remove(comp)
@@ -244,8 +292,11 @@ class LocalStack:
             if pending and time.monotonic() - start > timeout:
                 comp = pending[0]
                 raise ComponentError(
-                    comp.name, f"not ready after {timeout:.0f}s ({comp.probe() or 'ready'})",
-                    comp.process.tail(), str(comp.process.main_log))
+                    comp.name,
+                    f"not ready after {timeout:.0f}s ({comp.probe() or 'ready'})",
+                    comp.process.tail(),
+                    str(comp.process.main_log),
+                )
             if pending:
                 time.sleep(1.0)
 
@@ -265,8 +316,9 @@ class LocalStack:
     def _component(self, name: str) -> tuple[Topology, Component]:
         topo = self.topology()
         for comp in self.components(topo):
-            if comp.name == name or (comp.kind == "cassandra"
-                                     and topo.node(comp.name).address == name):
+            if comp.name == name or (
+                comp.kind == "cassandra" and topo.node(comp.name).address == name
+            ):
                 return topo, comp
         known = ", ".join(c.name for c in self.components(topo))
         raise StackError(f"no component {name!r} in the stack; it has: {known}")
@@ -278,8 +330,7 @@ class LocalStack:
             raise StackError(f"{comp.name} is not running")
         return comp.name
 
-    def start(self, name: str, *, timeout: float = 300.0,
-              reporter: Reporter | None = None) -> str:
+    def start(self, name: str, *, timeout: float = 300.0, reporter: Reporter | None = None) -> str:
         """Start one stopped component again and wait until it is ready (for a Cassandra node:
         UN in every other node's view)."""
         topo, comp = self._component(name)

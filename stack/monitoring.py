@@ -20,6 +20,7 @@ MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
 
 def scrape_targets(topology: Topology) -> dict[str, list[dict[str, object]]]:
     """file_sd target groups per job, labelled so that every series says where it came from."""
+
     def one(host: str, port: int, **labels: str) -> dict[str, object]:
         return {"targets": [f"{host}:{port}"], "labels": labels}
 
@@ -44,30 +45,44 @@ def prometheus_process(stack_dir: Path, topology: Topology, artifacts: Artifacts
     for job, groups in scrape_targets(topology).items():
         (home / "targets" / f"{job}.json").write_text(json.dumps(groups, indent=2))
     p = topology.prometheus
-    argv = [str(artifacts.prometheus), f"--config.file={home / 'prometheus.yml'}",
-            f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address={p.host}:{p.port}",
-            "--storage.tsdb.retention.time=2d", "--web.enable-lifecycle"]
+    argv = [
+        str(artifacts.prometheus),
+        f"--config.file={home / 'prometheus.yml'}",
+        f"--storage.tsdb.path={home / 'data'}",
+        f"--web.listen-address={p.host}:{p.port}",
+        "--storage.tsdb.retention.time=2d",
+        "--web.enable-lifecycle",
+    ]
     return ManagedProcess(name="prometheus", argv=argv, home=home)
 
 
-def alertmanager_process(stack_dir: Path, topology: Topology,
-                         artifacts: Artifacts) -> ManagedProcess:
+def alertmanager_process(
+    stack_dir: Path, topology: Topology, artifacts: Artifacts
+) -> ManagedProcess:
     home = stack_dir / "alertmanager"
     a = topology.alertmanager
     # An empty cluster address turns off Alertmanager's HA gossip (it would listen on
     # 0.0.0.0:9094 otherwise).
-    argv = [str(artifacts.alertmanager),
-            f"--config.file={MONITORING / 'alertmanager' / 'alertmanager.yml'}",
-            f"--storage.path={home / 'data'}", f"--web.listen-address={a.host}:{a.port}",
-            "--cluster.listen-address="]
+    argv = [
+        str(artifacts.alertmanager),
+        f"--config.file={MONITORING / 'alertmanager' / 'alertmanager.yml'}",
+        f"--storage.path={home / 'data'}",
+        f"--web.listen-address={a.host}:{a.port}",
+        "--cluster.listen-address=",
+    ]
     return ManagedProcess(name="alertmanager", argv=argv, home=home)
 
 
-def statsd_exporter_process(stack_dir: Path, topology: Topology,
-                            artifacts: Artifacts) -> ManagedProcess:
+def statsd_exporter_process(
+    stack_dir: Path, topology: Topology, artifacts: Artifacts
+) -> ManagedProcess:
     home = stack_dir / "statsd_exporter"
     s, w = topology.statsd, topology.statsd_exporter
-    argv = [str(artifacts.statsd_exporter), f"--web.listen-address={w.host}:{w.port}",
-            f"--statsd.listen-udp={s.host}:{s.port}", f"--statsd.listen-tcp={s.host}:{s.port}",
-            f"--statsd.mapping-config={MONITORING / 'statsd' / 'mapping.yml'}"]
+    argv = [
+        str(artifacts.statsd_exporter),
+        f"--web.listen-address={w.host}:{w.port}",
+        f"--statsd.listen-udp={s.host}:{s.port}",
+        f"--statsd.listen-tcp={s.host}:{s.port}",
+        f"--statsd.mapping-config={MONITORING / 'statsd' / 'mapping.yml'}",
+    ]
     return ManagedProcess(name="statsd_exporter", argv=argv, home=home)

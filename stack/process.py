@@ -115,7 +115,9 @@ class ManagedProcess:
         while time.monotonic() < deadline and self.pid() is not None:
             time.sleep(0.2)
         if self.pid() is not None:
-            log.warning("%s did not stop within %.0fs of SIGTERM; sending SIGKILL", self.name, timeout)
+            log.warning(
+                "%s did not stop within %.0fs of SIGTERM; sending SIGKILL", self.name, timeout
+            )
             self._signal(pid, signal.SIGKILL)
             self._wait_gone(10.0)
         self.pid_file.unlink(missing_ok=True)

@@ -48,9 +48,13 @@ class StackStatus:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "observer": self.observer, "endpoints": self.endpoints,
-                "nodes": [asdict(n) for n in self.nodes],
-                "services": [asdict(s) for s in self.services]}
+        return {
+            "ok": self.ok,
+            "observer": self.observer,
+            "endpoints": self.endpoints,
+            "nodes": [asdict(n) for n in self.nodes],
+            "services": [asdict(s) for s in self.services],
+        }
 
 
 def endpoints(topology: Topology) -> dict[str, Any]:
@@ -89,18 +93,24 @@ def collect(stack: LocalStack) -> StackStatus:
     for n in topo.nodes:
         # A node whose process we know is gone is down, whatever gossip has noticed so far.
         state = view.state(n.address) if view and pids[n.name] else "DN"
-        nodes.append(NodeStatus(
-            name=n.name, dc=n.dc, rack=n.rack, address=n.address, state=state,
-            load_bytes=view.load_bytes.get(n.address) if view else None,
-            owns=owns.get(n.address) if view else None, token=n.token, pid=pids[n.name]))
+        nodes.append(
+            NodeStatus(
+                name=n.name,
+                dc=n.dc,
+                rack=n.rack,
+                address=n.address,
+                state=state,
+                load_bytes=view.load_bytes.get(n.address) if view else None,
+                owns=owns.get(n.address) if view else None,
+                token=n.token,
+                pid=pids[n.name],
+            )
+        )
 
     services = []
     for c in comps:
         if c.kind == "cassandra":
             continue
-        if pids[c.name] is None:
-            state = "down"
-        else:
-            state = "up" if c.probe() is None else "not ready"
+        state = "down" if pids[c.name] is None else "up" if c.probe() is None else "not ready"
         services.append(ServiceStatus(c.name, c.kind, c.endpoint, state, pids[c.name]))
     return StackStatus(nodes, services, endpoints(topo), view.observer if view else None)

@@ -32,11 +32,13 @@ EXPECTED_ERRORS = [
 
 def retail(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the `retail` command as a user would."""
-    done = subprocess.run([*RETAIL, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    done = subprocess.run(
+        [*RETAIL, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and done.returncode != 0:
-        raise AssertionError(f"retail {' '.join(args)} exited {done.returncode}:\n"
-                             f"{done.stdout}\n{done.stderr}")
+        raise AssertionError(
+            f"retail {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
     return done
 
 
@@ -85,9 +87,9 @@ def _check_server_logs(stack: LocalStack) -> None:
         if not Path(path).exists():
             continue
         for line in Path(path).read_text(errors="replace").splitlines():
-            if line.startswith("ERROR") or " ERROR " in line[:40]:
-                if not any(p.search(line) for p in EXPECTED_ERRORS):
-                    unexpected.append(f"{path}: {line[:300]}")
+            is_error = line.startswith("ERROR") or " ERROR " in line[:40]
+            if is_error and not any(p.search(line) for p in EXPECTED_ERRORS):
+                unexpected.append(f"{path}: {line[:300]}")
     assert not unexpected, "unexpected ERROR lines in server logs:\n" + "\n".join(unexpected[:20])
 
 

@@ -19,29 +19,34 @@ def test_a_local_quorum_write_in_one_dc_reads_back_at_local_one_in_every_other(
     cluster, session = connect(topology, home.name)
     try:
         replication = ", ".join(f"'{k}': {v!r}" for k, v in topology.replication().items())
-        session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} "
-                        f"WITH replication = {{{replication}}}")
+        session.execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = {{{replication}}}"
+        )
         session.execute(f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.kv (k uuid PRIMARY KEY, v text)")
         assert cluster.control_connection.wait_for_schema_agreement(wait_time=60)
 
         row = session.execute(
-            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
-            [KEYSPACE]).one()
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [KEYSPACE]
+        ).one()
         assert row.replication["class"].endswith("NetworkTopologyStrategy")
         assert {dc: int(rf) for dc, rf in row.replication.items() if dc != "class"} == {
-            dc.name: dc.replication_factor for dc in topology.datacenters}
+            dc.name: dc.replication_factor for dc in topology.datacenters
+        }
 
         key, value = uuid.uuid4(), f"written in {home.name}"
-        session.execute(SimpleStatement(f"INSERT INTO {KEYSPACE}.kv (k, v) VALUES (%s, %s)",
-                                        consistency_level=consistency("LOCAL_QUORUM")),
-                        [key, value])
+        session.execute(
+            SimpleStatement(
+                f"INSERT INTO {KEYSPACE}.kv (k, v) VALUES (%s, %s)",
+                consistency_level=consistency("LOCAL_QUORUM"),
+            ),
+            [key, value],
+        )
     finally:
         cluster.shutdown()
 
     for dc in topology.datacenters[1:]:
         # Pinned to the DC's own nodes at LOCAL_ONE: the answer comes from that DC's replica.
-        remote, rsession = connect(topology, dc.name, consistency_level="LOCAL_ONE",
-                                   pin_to_dc=True)
+        remote, rsession = connect(topology, dc.name, consistency_level="LOCAL_ONE", pin_to_dc=True)
         try:
             rows = rsession.execute(f"SELECT v FROM {KEYSPACE}.kv WHERE k = %s", [key])
             got = rows.one()

@@ -19,26 +19,33 @@ def test_keyed_messages_round_trip_and_a_key_always_lands_in_one_partition(
     topic = f"it-keys-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": topology.bootstrap_servers})
     admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[
-        topic].result(timeout=30)
+        topic
+    ].result(timeout=30)
     assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == PARTITIONS
 
     keys = [f"store-{i:04d}" for i in range(40)]
     sent = {(k, f"{k}:{n}") for k in keys for n in range(25)}
     delivered: dict[str, set[int]] = defaultdict(set)
 
-    def on_delivery(err, msg) -> None:  # noqa: ANN001 - confluent-kafka callback signature
+    def on_delivery(err, msg) -> None:
         assert err is None, err
         delivered[msg.key().decode()].add(msg.partition())
 
-    producer = Producer({"bootstrap.servers": topology.bootstrap_servers, "acks": "all",
-                         "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": topology.bootstrap_servers, "acks": "all", "enable.idempotence": True}
+    )
     for key, value in sorted(sent, key=lambda kv: int(kv[1].split(":")[1])):
         producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
     assert producer.flush(30) == 0
 
-    consumer = Consumer({"bootstrap.servers": topology.bootstrap_servers,
-                         "group.id": f"it-{topic}", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": topology.bootstrap_servers,
+            "group.id": f"it-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     received: set[tuple[str, str]] = set()
     seen: dict[str, set[int]] = defaultdict(set)

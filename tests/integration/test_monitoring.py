@@ -12,8 +12,7 @@ from retail.topology import Topology
 
 
 def _query(topology: Topology, promql: str) -> list[dict]:
-    resp = httpx.get(f"{topology.prometheus.url}/api/v1/query", params={"query": promql},
-                     timeout=5)
+    resp = httpx.get(f"{topology.prometheus.url}/api/v1/query", params={"query": promql}, timeout=5)
     resp.raise_for_status()
     return resp.json()["data"]["result"]
 
@@ -40,8 +39,10 @@ def test_a_statsd_counter_shows_up_in_a_prometheus_query(topology: Topology) -> 
 def test_prometheus_scrapes_every_part_of_the_stack(topology: Topology) -> None:
     deadline = time.monotonic() + 60
     while True:
-        up = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1]
-              for r in _query(topology, "up")}
+        up = {
+            (r["metric"]["job"], r["metric"]["instance"]): r["value"][1]
+            for r in _query(topology, "up")
+        }
         if len(up) >= 4 + len(topology.nodes) and all(v == "1" for v in up.values()):
             break
         assert time.monotonic() < deadline, f"not every target is up: {up}"
@@ -50,4 +51,5 @@ def test_prometheus_scrapes_every_part_of_the_stack(topology: Topology) -> None:
     assert jobs == {"prometheus", "alertmanager", "statsd_exporter", "cassandra", "kafka"}
     nodes = _query(topology, 'up{job="cassandra"}')
     assert {(r["metric"]["dc"], r["metric"]["node"]) for r in nodes} == {
-        (n.dc, n.name) for n in topology.nodes}
+        (n.dc, n.name) for n in topology.nodes
+    }

@@ -27,15 +27,20 @@ def test_three_dcs_with_every_node_up_normal(healthy: LocalStack, topology: Topo
         assert all(n["state"] == "UN" for n in nodes), nodes
         assert sum(n["owns"] for n in nodes) == pytest.approx(1.0)
     services = {s["name"]: s["state"] for s in st["services"]}
-    assert services == {"statsd_exporter": "up", "alertmanager": "up", "prometheus": "up",
-                        "kafka-1": "up"}
+    assert services == {
+        "statsd_exporter": "up",
+        "alertmanager": "up",
+        "prometheus": "up",
+        "kafka-1": "up",
+    }
 
 
 def test_status_json_gives_every_endpoint(healthy: LocalStack, topology: Topology) -> None:
     _, st = status_json()
     ep = st["endpoints"]
     assert ep["cassandra"]["contact_points"] == {
-        dc.name: [n.address for n in dc.nodes] for dc in topology.datacenters}
+        dc.name: [n.address for n in dc.nodes] for dc in topology.datacenters
+    }
     assert ep["kafka"]["bootstrap_servers"] == topology.bootstrap_servers
     assert ep["prometheus"].startswith("http://127.0.0.1:")
     assert ep["alertmanager"].startswith("http://127.0.0.1:")
@@ -104,8 +109,12 @@ def test_down_stops_everything_it_started(local_stack: LocalStack, topology: Top
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.2)
-    assert not [p for p in pids if Path(f"/proc/{p}/stat").exists()
-                and Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z"]
+    assert not [
+        p
+        for p in pids
+        if Path(f"/proc/{p}/stat").exists()
+        and Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z"
+    ]
     assert _processes_in(local_stack.dir) == []
     code, st = status_json()
     assert code == 1

@@ -1,0 +1,91 @@
+"""The configs the stack renders from the topology, and the committed monitoring configs,
+checked by the servers' own tools (promtool, amtool, statsd_exporter --check-config)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retail.settings import get_settings
+from retail.topology import profile_topology
+from stack import cassandra, kafka
+from stack.fetch import Artifacts
+from stack.monitoring import MONITORING, scrape_targets
+
+
+def test_cassandra_yaml_is_rendered_from_the_topology(tmp_path: Path) -> None:
+    topo = profile_topology("demo")
+    node = topo.node("us-east-2")
+    home = cassandra.write_config(tmp_path, topo, node)
+    conf = yaml.safe_load((home / "conf" / "cassandra.yaml").read_text())
+    assert conf["listen_address"] == conf["rpc_address"] == "127.0.2.2"
+    assert conf["initial_token"] == str(node.token)
+    assert conf["endpoint_snitch"] == "GossipingPropertyFileSnitch"
+    assert conf["materialized_views_enabled"] is True
+    seeds = conf["seed_provider"][0]["parameters"][0]["seeds"].split(",")
+    assert seeds == ["127.0.1.1:7000", "127.0.2.1:7000", "127.0.3.1:7000"]
+    assert (home / "conf" / "cassandra-rackdc.properties").read_text() == "dc=us-east\nrack=rack2\n"
+
+
+@pytest.mark.parametrize(
+    "brokers, quorum",
+    [
+        (1, "controller.quorum.bootstrap.servers=127.0.10.1:9093"),
+        (3, "controller.quorum.voters=1@127.0.10.1:9093,2@127.0.10.2:9093,3@127.0.10.3:9093"),
+    ],
+)
+def test_kafka_properties_pick_the_quorum_mode(tmp_path: Path, brokers: int, quorum: str) -> None:
+    topo = profile_topology("test", brokers=brokers)
+    home = kafka.write_config(tmp_path, topo, topo.brokers[0])
+    props = (home / "server.properties").read_text()
+    assert quorum in props.splitlines()
+    assert f"offsets.topic.replication.factor={brokers}" in props
+
+
+def test_scrape_targets_label_every_node_with_its_dc() -> None:
+    topo = profile_topology("demo")
+    targets = scrape_targets(topo)
+    labels = [g["labels"] for g in targets["cassandra"]]
+    assert [(lab["dc"], lab["node"]) for lab in labels] == [(n.dc, n.name) for n in topo.nodes]
+    assert targets["kafka"] == [{"targets": ["127.0.10.1:9404"], "labels": {"broker": "kafka-1"}}]
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Artifacts:
+    art = Artifacts(get_settings().cache_dir)
+    assert not art.missing(), "run `make setup` (or `retail stack fetch`) first"
+    return art
+
+
+def _ok(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def test_prometheus_config_and_rules_pass_promtool(artifacts: Artifacts, tmp_path: Path) -> None:
+    import shutil
+
+    # promtool resolves rule files and file_sd paths next to the config, as Prometheus does.
+    shutil.copytree(MONITORING / "prometheus", tmp_path / "prometheus")
+    _ok([str(artifacts.promtool), "check", "config", str(tmp_path / "prometheus/prometheus.yml")])
+    rules = sorted((MONITORING / "prometheus" / "rules").glob("*.yml"))
+    _ok([str(artifacts.promtool), "check", "rules", *map(str, rules)])
+
+
+def test_alertmanager_config_passes_amtool(artifacts: Artifacts) -> None:
+    amtool = artifacts.debian_root / "usr/bin/amtool"
+    _ok([str(amtool), "check-config", str(MONITORING / "alertmanager" / "alertmanager.yml")])
+
+
+def test_statsd_mapping_passes_statsd_exporter(artifacts: Artifacts) -> None:
+    _ok(
+        [
+            str(artifacts.statsd_exporter),
+            "--check-config",
+            f"--statsd.mapping-config={MONITORING / 'statsd' / 'mapping.yml'}",
+        ]
+    )

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import pytest
+
+from retail.errors import ConfigError
+from retail.topology import (
+    MAX_RF,
+    REGIONS,
+    Topology,
+    balanced_tokens,
+    build_topology,
+    parse_node_counts,
+    profile_topology,
+)
+
+
+def test_test_profile_is_one_node_per_dc_with_rf_one() -> None:
+    topo = profile_topology("test")
+    assert [dc.name for dc in topo.datacenters] == ["eu-west", "us-east", "ap-southeast"]
+    assert [len(dc.nodes) for dc in topo.datacenters] == [1, 1, 1]
+    assert topo.replication() == {
+        "class": "NetworkTopologyStrategy",
+        "eu-west": 1,
+        "us-east": 1,
+        "ap-southeast": 1,
+    }
+    assert len(topo.brokers) == 1
+
+
+def test_demo_profile_is_two_nodes_per_dc_on_two_racks() -> None:
+    topo = profile_topology("demo")
+    for dc in topo.datacenters:
+        assert [n.rack for n in dc.nodes] == ["rack1", "rack2"]
+        assert dc.replication_factor == 2
+
+
+def test_replication_factor_never_exceeds_nodes_or_max() -> None:
+    topo = build_topology({"eu-west": 5, "us-east": 2, "ap-southeast": 1})
+    assert topo.replication() == {
+        "class": "NetworkTopologyStrategy",
+        "eu-west": MAX_RF,
+        "us-east": 2,
+        "ap-southeast": 1,
+    }
+
+
+def test_addresses_ports_and_tokens_are_unique_and_seeds_are_one_per_dc() -> None:
+    topo = build_topology(3, brokers=3)
+    nodes = topo.nodes
+    assert len({n.address for n in nodes}) == len(nodes)
+    assert len({n.jmx_port for n in nodes}) == len(nodes)
+    assert len({n.token for n in nodes}) == len(nodes)
+    assert [s.dc for s in topo.seeds] == [r.dc for r in REGIONS]
+    assert all(
+        n.address.startswith(f"127.0.{r.index}.")
+        for r in REGIONS
+        for n in topo.datacenter(r.dc).nodes
+    )
+    assert topo.bootstrap_servers == "127.0.10.1:9092,127.0.10.2:9092,127.0.10.3:9092"
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_balanced_tokens_split_the_ring_evenly(count: int) -> None:
+    tokens = balanced_tokens(count, dc_offset=0)
+    gaps = {(tokens[(i + 1) % count] - tokens[i]) % 2**64 for i in range(count)}
+    assert max(gaps) - min(gaps) <= count  # equal up to integer rounding
+    assert all(-(2**63) <= t < 2**63 for t in tokens)
+
+
+def test_node_counts_parse_one_number_or_one_per_dc() -> None:
+    assert parse_node_counts("2") == {"eu-west": 2, "us-east": 2, "ap-southeast": 2}
+    assert parse_node_counts("eu-west=3,us-east=1,ap-southeast=2") == {
+        "eu-west": 3,
+        "us-east": 1,
+        "ap-southeast": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("eu-west=2", "missing: us-east, ap-southeast"),
+        ("eu-west=2,mars=1", "unknown data center 'mars'"),
+        ("eu-west:2", "expected DC=COUNT"),
+        ("0", "needs 1 to"),
+    ],
+)
+def test_bad_node_counts_say_what_is_wrong(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_node_counts(spec)
+
+
+def test_unknown_profile_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="test, demo"):
+        profile_topology("huge")
+
+
+def test_lookup_by_name_or_address_and_a_clear_error_otherwise() -> None:
+    topo = profile_topology("demo")
+    assert topo.node("us-east-2") is topo.node("127.0.2.2")
+    with pytest.raises(ConfigError, match="eu-west-1"):
+        topo.node("eu-west-9")
+    with pytest.raises(ConfigError, match="unknown data center"):
+        topo.datacenter("moon")
+
+
+def test_topology_survives_a_json_round_trip() -> None:
+    topo = build_topology({"eu-west": 2, "us-east": 1, "ap-southeast": 3}, brokers=3)
+    assert Topology.from_json(topo.to_json()) == topo
