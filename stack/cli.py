@@ -16,6 +16,7 @@ from rich.table import Table
 
 from retail.topology import PROFILES, profile_topology
 from stack import cassandra
+from stack.errors import ComponentError
 from stack.fetch import fetch_all
 from stack.local import LocalStack, Reporter
 from stack.process import tail_file
@@ -110,8 +111,15 @@ def up(
         fetch_all(stack.settings.cache_dir, lambda step: status.update(f"fetching {step}"))
     reporter = LiveReporter([c.name for c in stack.components(topology)])
     started = time.monotonic()
-    with reporter.live:
-        stack.up(topology, fresh=fresh, timeout=timeout, reporter=reporter)
+    try:
+        with reporter.live:
+            stack.up(topology, fresh=fresh, timeout=timeout, reporter=reporter)
+    except ComponentError:
+        console.print(
+            "\nthe parts that did start are left running for a look; `retail stack down` stops them"
+        )
+        raise
+    console.line()  # the live table leaves the cursor on its last row when output is piped
     console.print(
         f"[green]stack ready[/] in {time.monotonic() - started:.1f}s (state in {stack.dir})"
     )

@@ -13,7 +13,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -40,6 +40,8 @@ class Component:
     endpoint: str
     process: ManagedProcess
     probe: Probe
+    # Addresses it will listen on, checked free before it starts: ("tcp"|"udp", host, port).
+    ports: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 class Reporter:
@@ -60,11 +62,33 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+def port_taken(proto: str, host: str, port: int) -> bool:
+    """True if something already listens on (host, port).
+
+    TCP is probed with SO_REUSEADDR, as the servers bind, so a socket lingering in TIME_WAIT
+    from a stopped server does not count as taken; only a live listener does.
+    """
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if proto == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _http_probe(url: str) -> Probe:
+    def probe() -> str | None:
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass
+        return f"waiting for {url}"
+
+    return probe
 
 
 class LocalStack:
@@ -99,39 +123,36 @@ class LocalStack:
     def components(self, topology: Topology) -> list[Component]:
         """Every process of the stack, in start order (monitoring first, Cassandra last)."""
         d, a = self.dir, self.artifacts
+        prom, am, sx, sd = (
+            topology.prometheus,
+            topology.alertmanager,
+            topology.statsd_exporter,
+            topology.statsd,
+        )
         comps = [
             Component(
                 "statsd_exporter",
                 "statsd_exporter",
-                topology.statsd_exporter.url,
+                sx.url,
                 monitoring.statsd_exporter_process(d, topology, a),
-                lambda: (
-                    None
-                    if _http_ok(f"{topology.statsd_exporter.url}/metrics")
-                    else "waiting for its metrics page"
-                ),
+                _http_probe(f"{sx.url}/metrics"),
+                [("tcp", sx.host, sx.port), ("udp", sd.host, sd.port), ("tcp", sd.host, sd.port)],
             ),
             Component(
                 "alertmanager",
                 "alertmanager",
-                topology.alertmanager.url,
+                am.url,
                 monitoring.alertmanager_process(d, topology, a),
-                lambda: (
-                    None
-                    if _http_ok(f"{topology.alertmanager.url}/-/ready")
-                    else "waiting for /-/ready"
-                ),
+                _http_probe(f"{am.url}/-/ready"),
+                [("tcp", am.host, am.port)],
             ),
             Component(
                 "prometheus",
                 "prometheus",
-                topology.prometheus.url,
+                prom.url,
                 monitoring.prometheus_process(d, topology, a),
-                lambda: (
-                    None
-                    if _http_ok(f"{topology.prometheus.url}/-/ready")
-                    else "waiting for /-/ready"
-                ),
+                _http_probe(f"{prom.url}/-/ready"),
+                [("tcp", prom.host, prom.port)],
             ),
         ]
         comps += [
@@ -141,6 +162,7 @@ class LocalStack:
                 b.bootstrap,
                 kafka.broker_process(d, topology, b, a),
                 self._kafka_probe(topology, b),
+                [("tcp", b.address, p) for p in (b.port, b.controller_port, b.exporter_port)],
             )
             for b in topology.brokers
         ]
@@ -151,6 +173,11 @@ class LocalStack:
                 f"{n.address}:{n.cql_port}",
                 cassandra.node_process(d, topology, n, a),
                 self._cassandra_probe(topology, n),
+                [
+                    ("tcp", n.address, p)
+                    for p in (n.storage_port, n.cql_port, n.exporter_port, n.jolokia_port)
+                ]
+                + [("tcp", "127.0.0.1", n.jmx_port)],
             )
             for n in topology.nodes
         ]
@@ -255,13 +282,33 @@ class LocalStack:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.topology_file.write_text(topology.to_json())
         comps = self.components(topology)
-        for comp in comps:
-            if comp.process.alive():
-                continue
+        to_start = [c for c in comps if not c.process.alive()]
+        self._check_ports_free(to_start)
+        for comp in to_start:
             self._prepare(topology, comp)
             comp.process.start()
         self._wait_ready(comps, timeout, reporter)
         return topology
+
+    @staticmethod
+    def _check_ports_free(comps: list[Component]) -> None:
+        """Fail before starting anything if another process holds one of our addresses: a
+        server that cannot bind dies with a less obvious error, half the stack already up."""
+        taken = [
+            (c.name, proto, host, port)
+            for c in comps
+            for proto, host, port in c.ports
+            if port_taken(proto, host, port)
+        ]
+        if taken:
+            lines = "; ".join(
+                f"{name} needs {proto} {host}:{port}" for name, proto, host, port in taken
+            )
+            raise StackError(
+                f"addresses already in use: {lines}. Another stack (from another clone or "
+                "state dir) or another server holds them; stop it first "
+                "(`ss -ltnup | grep PORT` shows who)."
+            )
 
     def _prepare(self, topology: Topology, comp: Component) -> None:
         if comp.kind == "cassandra":
@@ -301,13 +348,24 @@ class LocalStack:
                 time.sleep(1.0)
 
     def down(self, *, purge: bool = False) -> list[str]:
-        """Stop every process the stack started (Cassandra first); returns what was stopped."""
+        """Stop every process the stack started; returns what was stopped.
+
+        Tier by tier (Cassandra, then Kafka, then monitoring), each tier at once: a node drains
+        its memtables on SIGTERM, which takes seconds, and six nodes need not take it in turn.
+        """
         topo = self.saved_topology()
         stopped: list[str] = []
         if topo is not None:
-            for name, kind, proc in reversed(self._handles(topo)):
+            handles = self._handles(topo)
+            for tier in (
+                ("cassandra",),
+                ("kafka",),
+                ("prometheus", "alertmanager", "statsd_exporter"),
+            ):
+                signalled = [(n, p) for n, k, p in reversed(handles) if k in tier and p.terminate()]
                 # Cassandra and Kafka flush and deregister on SIGTERM; give them time to.
-                if proc.stop(timeout=60.0 if kind in ("cassandra", "kafka") else 15.0):
+                for name, proc in signalled:
+                    proc.wait_stopped(60.0 if tier[0] in ("cassandra", "kafka") else 15.0)
                     stopped.append(name)
         if purge and self.dir.exists():
             shutil.rmtree(self.dir)
@@ -335,6 +393,7 @@ class LocalStack:
         UN in every other node's view)."""
         topo, comp = self._component(name)
         if not comp.process.alive():
+            self._check_ports_free([comp])
             self._prepare(topo, comp)
             comp.process.start()
         self._wait_ready([comp], timeout, reporter or Reporter())

@@ -101,26 +101,37 @@ class ManagedProcess:
         log.debug("started %s as pid %d", self.name, proc.pid)
         return proc.pid
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """SIGTERM the process group, then SIGKILL what is left after ``timeout`` seconds.
-
-        Returns True if something was running.
-        """
+    def terminate(self) -> bool:
+        """Send SIGTERM to the process group without waiting; True if something was running."""
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
         self._signal(pid, signal.SIGTERM)
+        return True
+
+    def wait_stopped(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the process to exit after :meth:`terminate`,
+        then SIGKILL what is left."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.pid() is not None:
             time.sleep(0.2)
-        if self.pid() is not None:
+        if (pid := self.pid()) is not None:
             log.warning(
                 "%s did not stop within %.0fs of SIGTERM; sending SIGKILL", self.name, timeout
             )
             self._signal(pid, signal.SIGKILL)
             self._wait_gone(10.0)
         self.pid_file.unlink(missing_ok=True)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM the process group, then SIGKILL what is left after ``timeout`` seconds.
+
+        Returns True if something was running.
+        """
+        if not self.terminate():
+            return False
+        self.wait_stopped(timeout)
         return True
 
     def kill(self) -> bool:
