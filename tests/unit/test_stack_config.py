@@ -89,3 +89,18 @@ def test_statsd_mapping_passes_statsd_exporter(artifacts: Artifacts) -> None:
             f"--statsd.mapping-config={MONITORING / 'statsd' / 'mapping.yml'}",
         ]
     )
+
+
+def test_compose_prometheus_targets_carry_the_local_stacks_labels() -> None:
+    """docker/ mounts its own file_sd targets for the same prometheus.yml: same jobs, same
+    labels and ports as the local demo stack, only the host names differ."""
+    import json
+
+    local = scrape_targets(profile_topology("demo"))
+    compose_dir = MONITORING.parent / "docker" / "prometheus-targets"
+    assert sorted(p.stem for p in compose_dir.glob("*.json")) == sorted(local)
+    for job, groups in local.items():
+        compose = json.loads((compose_dir / f"{job}.json").read_text())
+        assert [g["labels"] for g in compose] == [g["labels"] for g in groups], job
+        ports = [[t.rsplit(":", 1)[1] for t in g["targets"]] for g in compose]
+        assert ports == [[t.rsplit(":", 1)[1] for t in g["targets"]] for g in groups], job
