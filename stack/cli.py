@@ -149,10 +149,14 @@ def _fmt_bytes(n: float | None) -> str:
     return "?"
 
 
+def _fmt_mb(mb: float | None) -> str:
+    return "-" if mb is None else f"{mb:.0f} MiB"
+
+
 def _print_status(st: StackStatus) -> None:
-    for dc in sorted({n.dc for n in st.nodes}, key=[n.dc for n in st.nodes].index):
+    for dc in dict.fromkeys(n.dc for n in st.nodes):
         t = Table(title=f"Datacenter: {dc}", title_justify="left")
-        for col in ("state", "node", "address", "rack", "load", "owns (DC)", "token", "pid"):
+        for col in ("state", "node", "address", "rack", "load", "owns (DC)", "token", "pid", "rss"):
             t.add_column(col)
         for n in (n for n in st.nodes if n.dc == dc):
             color = "green" if n.state == "UN" else "red"
@@ -166,6 +170,7 @@ def _print_status(st: StackStatus) -> None:
                 owns,
                 str(n.token),
                 str(n.pid or "-"),
+                _fmt_mb(n.rss_mb),
             )
         out.print(t)
     out.print(
@@ -173,11 +178,13 @@ def _print_status(st: StackStatus) -> None:
         + (f"; gossip view of {st.observer}" if st.observer else "; no node answered")
     )
     t = Table(title="Services", title_justify="left")
-    for col in ("state", "service", "endpoint", "pid"):
+    for col in ("state", "service", "endpoint", "pid", "rss"):
         t.add_column(col)
     for s in st.services:
         color = "green" if s.state == "up" else "red"
-        t.add_row(f"[{color}]{s.state}[/]", s.name, s.endpoint, str(s.pid or "-"))
+        t.add_row(
+            f"[{color}]{s.state}[/]", s.name, s.endpoint, str(s.pid or "-"), _fmt_mb(s.rss_mb)
+        )
     out.print(t)
 
 

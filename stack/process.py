@@ -156,6 +156,19 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
 
+    def rss_mb(self) -> float | None:
+        """Resident memory of the process in MiB (VmRSS), or None if it is not running."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
     def tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the main log (what to show when it failed)."""
         return tail_file(self.main_log, lines)

@@ -23,6 +23,7 @@ class NodeStatus:
     owns: float | None  # share of its DC's token ring, 0..1
     token: int
     pid: int | None
+    rss_mb: float | None
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ServiceStatus:
     endpoint: str
     state: str  # up | down | not ready
     pid: int | None
+    rss_mb: float | None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def collect(stack: LocalStack) -> StackStatus:
     topo = stack.topology()
     comps = stack.components(topo)
     pids = {c.name: c.process.pid() for c in comps}
+    rss = {c.name: c.process.rss_mb() for c in comps}
 
     # The node table comes from the first live node's gossip view, as nodetool's does.
     view = None
@@ -104,6 +107,7 @@ def collect(stack: LocalStack) -> StackStatus:
                 owns=owns.get(n.address) if view else None,
                 token=n.token,
                 pid=pids[n.name],
+                rss_mb=rss[n.name],
             )
         )
 
@@ -112,5 +116,5 @@ def collect(stack: LocalStack) -> StackStatus:
         if c.kind == "cassandra":
             continue
         state = "down" if pids[c.name] is None else "up" if c.probe() is None else "not ready"
-        services.append(ServiceStatus(c.name, c.kind, c.endpoint, state, pids[c.name]))
+        services.append(ServiceStatus(c.name, c.kind, c.endpoint, state, pids[c.name], rss[c.name]))
     return StackStatus(nodes, services, endpoints(topo), view.observer if view else None)

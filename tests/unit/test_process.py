@@ -20,8 +20,10 @@ def test_start_is_found_again_from_its_pid_file_and_stop_ends_it(tmp_path: Path)
     again = _sleeper(tmp_path)  # a new handle, as a later `retail stack` command has
     assert again.pid() == pid
     assert again.start() == pid  # starting a running process starts nothing
+    assert (again.rss_mb() or 0) > 0
     assert again.stop(timeout=5)
     assert not proc.alive()
+    assert proc.rss_mb() is None
     assert not proc.pid_file.exists()
 
 
