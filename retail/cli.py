@@ -59,6 +59,36 @@ def demo(profile: Annotated[str, typer.Option("--profile", "-p")] = "demo") -> N
     )
 
 
+@app.command()
+def migrate(
+    dry_run: Annotated[
+        bool, typer.Option(help="List what would be applied; change nothing.")
+    ] = False,
+    dc: Annotated[str | None, typer.Option(help="Data center to connect through.")] = None,
+) -> None:
+    """Apply the versioned CQL migrations in include/cql (the code the schema_migrations DAG
+    runs): in order, each recorded with its checksum, under a cluster-wide lock."""
+    from retail import migrations
+    from retail.cassandra import connect
+    from retail.topology import current_topology
+
+    topology = current_topology()
+    cluster, session = connect(topology, dc or topology.datacenters[0].name)
+    try:
+        report = migrations.migrate(
+            cluster,
+            session,
+            topology,
+            dry_run=dry_run,
+            on_statement=lambda m, stmt: console.print(
+                f"[dim]{m.path.name}[/] {stmt.splitlines()[0][:90]}"
+            ),
+        )
+    finally:
+        cluster.shutdown()
+    console.print(report.summary())
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning the platform's errors into a clear message."""
     _register()

@@ -172,6 +172,10 @@ class Topology:
             dc.name: dc.replication_factor for dc in self.datacenters
         }
 
+    def replication_cql(self) -> str:
+        """The replication map as a CQL literal: ``{'class': 'NetworkTopologyStrategy', ...}``."""
+        return "{" + ", ".join(f"'{k}': {v!r}" for k, v in self.replication().items()) + "}"
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
@@ -272,3 +276,15 @@ def profile_topology(
     p = PROFILES[profile]
     counts = parse_node_counts(nodes_per_dc if nodes_per_dc is not None else p.nodes_per_dc)
     return build_topology(counts, brokers if brokers is not None else p.brokers, p.heap_mb)
+
+
+def current_topology() -> Topology:
+    """The topology clients should use: the running local stack's (written by ``retail stack
+    up``), else the configured profile's (``RETAIL_PROFILE``)."""
+    from retail.settings import get_settings
+
+    settings = get_settings()
+    saved = settings.stack_dir / "topology.json"
+    if saved.exists():
+        return Topology.from_json(saved.read_text())
+    return profile_topology(settings.profile)

@@ -18,9 +18,9 @@ def test_a_local_quorum_write_in_one_dc_reads_back_at_local_one_in_every_other(
     home = topology.datacenters[0]
     cluster, session = connect(topology, home.name)
     try:
-        replication = ", ".join(f"'{k}': {v!r}" for k, v in topology.replication().items())
         session.execute(
-            f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = {{{replication}}}"
+            f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} "
+            f"WITH replication = {topology.replication_cql()}"
         )
         session.execute(f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.kv (k uuid PRIMARY KEY, v text)")
         assert cluster.control_connection.wait_for_schema_agreement(wait_time=60)
