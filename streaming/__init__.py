@@ -1,0 +1,1 @@
+"""The streaming consumers: Kafka -> Cassandra, one consumer group per region."""

@@ -1,0 +1,206 @@
+"""The Cassandra sink: ``add`` buffers events per partition, ``flush`` writes them and always
+clears the buffer, and a typed :class:`SinkBackpressureError` tells the poll loop to pause,
+seek back and retry later (the quix-streams sink contract, written for Cassandra).
+
+A flush writes every base row of the buffer concurrently (prepared, idempotent statements, a
+bounded number in flight), then recomputes the rollup buckets the buffer touched from those base
+rows. It returns only when all of it is acknowledged at the configured consistency: the caller
+commits the Kafka offsets after that, never before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+from cassandra.cluster import NoHostAvailable, Session
+from cassandra.concurrent import execute_concurrent
+from cassandra.query import PreparedStatement
+
+from retail.errors import RetailError
+from retail.events import Event, InventoryMovement, Order
+from retail.metrics import Metrics
+from retail.rows import (
+    INSERTS,
+    ROLLUP_QUERIES,
+    HourBucket,
+    hour_bucket,
+    rows_for,
+    stock_level,
+    totals,
+)
+
+log = logging.getLogger(__name__)
+
+# The failures that mean "Cassandra is down or overloaded, try again later". The driver's
+# default retry policy does not retry write timeouts, so they reach us and we back off.
+RETRIABLE = (WriteTimeout, ReadTimeout, Unavailable, OperationTimedOut, NoHostAvailable)
+
+
+class SinkError(RetailError):
+    """A write failed in a way that retrying will not fix (a schema mismatch, a bug)."""
+
+
+class SinkBackpressureError(RetailError):
+    """Cassandra cannot take the writes now: pause, seek back, retry after ``retry_after`` s."""
+
+    def __init__(self, retry_after: float, cause: BaseException) -> None:
+        self.retry_after = retry_after
+        self.cause = cause
+        super().__init__(
+            f"Cassandra unavailable or overloaded ({type(cause).__name__}: "
+            f"{cause}); retrying in {retry_after:.1f}s"
+        )
+
+
+@dataclass
+class FlushResult:
+    """What a successful flush wrote, and the offsets that are now safe to commit."""
+
+    events: int
+    rows: int
+    next_offsets: dict[tuple[str, int], int]
+    event_times: list[datetime] = field(default_factory=list)
+
+
+class CassandraSink:
+    """Buffers decoded events per Kafka partition and writes them to Cassandra on flush."""
+
+    def __init__(
+        self,
+        session: Session,
+        metrics: Metrics,
+        *,
+        concurrency: int = 128,
+        retry_after: float = 1.0,
+    ) -> None:
+        self.session = session
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.retry_after = retry_after
+        # Prepared once: no query parsing on the hot path, and token-aware routing needs the
+        # partition key positions that only a prepared statement carries.
+        self.inserts = {name: self._prepare(cql) for name, cql in INSERTS.items()}
+        self.queries = {name: self._prepare(cql) for name, cql in ROLLUP_QUERIES.items()}
+        self._buffer: dict[tuple[str, int], list[tuple[int, Event]]] = defaultdict(list)
+        self._skipped: dict[tuple[str, int], int] = {}
+
+    def _prepare(self, cql: str) -> PreparedStatement:
+        stmt = self.session.prepare(cql)
+        stmt.is_idempotent = True  # every write here is safe to send twice
+        return stmt
+
+    def add(self, topic: str, partition: int, offset: int, event: Event) -> None:
+        """Buffer one event read at (topic, partition, offset)."""
+        self._buffer[(topic, partition)].append((offset, event))
+
+    def mark_done(self, topic: str, partition: int, offset: int) -> None:
+        """Record an offset that needs no write (another region's event, a dead letter) so that
+        the next flush still moves the partition's commit point past it."""
+        key = (topic, partition)
+        self._skipped[key] = max(self._skipped.get(key, -1), offset)
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(v) for v in self._buffer.values())
+
+    def clear(self) -> None:
+        self._buffer.clear()
+        self._skipped.clear()
+
+    def flush(self) -> FlushResult:
+        """Write everything buffered; the buffer is cleared whether this succeeds or raises."""
+        buffer, skipped = dict(self._buffer), dict(self._skipped)
+        self.clear()
+        next_offsets = {key: off + 1 for key, off in skipped.items()}
+        for key, items in buffer.items():
+            next_offsets[key] = max(next_offsets.get(key, 0), max(o for o, _ in items) + 1)
+        events = [e for items in buffer.values() for _, e in items]
+        if not events:
+            return FlushResult(0, 0, next_offsets)
+        started = time.perf_counter()
+        writes = [(self.inserts[name], values) for e in events for name, values in rows_for(e)]
+        self._run(writes, "write")
+        self._recompute_rollups(events)
+        self.metrics.timing("sink.flush", (time.perf_counter() - started) * 1000)
+        return FlushResult(len(events), len(writes), next_offsets, [e.event_time for e in events])
+
+    def _run(
+        self, statements: Sequence[tuple[PreparedStatement, Sequence[object]]], what: str
+    ) -> list[object]:
+        """Execute concurrently (at most ``concurrency`` in flight); raise on any failure."""
+        results = execute_concurrent(
+            self.session, statements, concurrency=self.concurrency, raise_on_first_error=False
+        )
+        failures = [r for ok, r in results if not ok]
+        if failures:
+            first = failures[0]
+            self.metrics.incr(f"sink.errors.{type(first).__name__}", len(failures))
+            if isinstance(first, RETRIABLE):
+                raise SinkBackpressureError(self.retry_after, first)
+            raise SinkError(
+                f"{len(failures)} of {len(statements)} {what}s failed; first: "
+                f"{type(first).__name__}: {first}"
+            ) from first
+        return [r for _, r in results]
+
+    def _recompute_rollups(self, events: Iterable[Event]) -> None:
+        hours: set[HourBucket] = set()
+        skus: set[tuple[str, str]] = set()
+        for e in events:
+            if isinstance(e, Order):
+                hours.add(hour_bucket(e))
+            elif isinstance(e, InventoryMovement):
+                skus.add((e.store_id, e.sku))
+        if hours:
+            self._recompute_sales(sorted(hours))
+        if skus:
+            self._recompute_stock(sorted(skus))
+
+    def _recompute_sales(self, hours: list[HourBucket]) -> None:
+        q = self.queries
+        reads = self._run(
+            [(q["orders_in_hour"], (b.store_id, b.day, b.start, b.end)) for b in hours],
+            "rollup read",
+        )
+        writes = []
+        for bucket, rows in zip(hours, reads, strict=True):
+            count, cents, currency = totals((1, r.total_cents, r.currency) for r in rows)
+            writes.append(
+                (
+                    q["write_store_hour"],
+                    (bucket.store_id, bucket.day, bucket.hour, count, cents, currency),
+                )
+            )
+        self._run(writes, "rollup write")
+        # A store's day = the sum of its (now exact) hours; one row per store in the region's
+        # day partition.
+        days: dict[tuple[str, date], str] = {(b.store_id, b.day): b.region for b in hours}
+        keys = sorted(days)
+        reads = self._run([(q["store_hours"], key) for key in keys], "rollup read")
+        writes = []
+        for (store_id, day), rows in zip(keys, reads, strict=True):
+            count, cents, currency = totals(
+                (r.order_count, r.revenue_cents, r.currency) for r in rows
+            )
+            writes.append(
+                (
+                    q["write_region_day"],
+                    (days[(store_id, day)], day, store_id, count, cents, currency),
+                )
+            )
+        self._run(writes, "rollup write")
+
+    def _recompute_stock(self, skus: list[tuple[str, str]]) -> None:
+        q = self.queries
+        reads = self._run([(q["sku_movements"], key) for key in skus], "stock read")
+        writes = []
+        for (store_id, sku), rows in zip(skus, reads, strict=True):
+            level, as_of = stock_level((r.event_time, r.kind, r.quantity) for r in rows)
+            writes.append((q["write_stock"], (store_id, sku, level, as_of or datetime.now(UTC))))
+        self._run(writes, "stock write")
