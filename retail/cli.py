@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -87,6 +88,103 @@ def migrate(
     finally:
         cluster.shutdown()
     console.print(report.summary())
+
+
+@app.command()
+def topics() -> None:
+    """Create the event topics and the dead-letter topic if they are missing."""
+    from retail.kafka import Topics, ensure_topics
+    from retail.topology import current_topology
+
+    created = ensure_topics(current_topology(), Topics())
+    console.print(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@app.command()
+def produce(
+    count: Annotated[int | None, typer.Option("--count", "-n", help="Events to send.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds to stream for.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Events per second (default: max).")] = None,
+    replay: Annotated[Path | None, typer.Option(help="Send a JSON-lines file as it is.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated stream.")] = 7,
+    stores: Annotated[int, typer.Option(help="Stores per region.")] = 20,
+) -> None:
+    """Stream realistic retail events into Kafka (stores in all three regions, skewed store and
+    product popularity, inventory that follows sales), or replay a JSON-lines file."""
+    import itertools
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from retail.generator import StreamGenerator
+    from retail.kafka import Topics, ensure_topics
+    from retail.producer import EventProducer, records_from_events, records_from_jsonl
+    from retail.topology import current_topology
+
+    if replay is None and count is None and duration is None:
+        raise typer.BadParameter("say how much: --count N, --duration SECONDS or --replay FILE")
+    topology = current_topology()
+    topics_ = Topics()
+    ensure_topics(topology, topics_)
+    if replay is not None:
+        records = records_from_jsonl(replay, topics_)
+        total = None
+    else:
+        gen = StreamGenerator(seed=seed, stores_per_region=stores)
+        events = gen.events(count) if count is not None else iter(gen)
+        if duration is not None:
+            end = time.monotonic() + duration
+            events = itertools.takewhile(lambda _: time.monotonic() < end, events)
+        records = records_from_events(events, topics_)
+        total = count
+    producer = EventProducer(topology)
+    with Progress(
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("producing", total=total)
+        sent = producer.send(records, rate=rate, on_sent=lambda n: progress.advance(task, n))
+    console.print(f"sent {sent} events to {topology.bootstrap_servers}")
+
+
+@app.command()
+def report(
+    day: Annotated[str | None, typer.Option(help="UTC day, YYYY-MM-DD (default today).")] = None,
+    region: Annotated[list[str] | None, typer.Option(help="Region(s); default all.")] = None,
+    store: Annotated[str | None, typer.Option(help="Store for hourly sales and stock.")] = None,
+    customer: Annotated[str | None, typer.Option(help="Customer whose orders to list.")] = None,
+    top: Annotated[int, typer.Option(help="How many top products per region.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Answer the retail questions: sales by region, store and hour; top products; a
+    customer's orders; stock by store."""
+    import json
+    from datetime import UTC, date, datetime
+
+    from retail import report as rep
+    from retail.cassandra import connect
+    from retail.render import print_report
+    from retail.topology import current_topology
+
+    topology = current_topology()
+    the_day = date.fromisoformat(day) if day else datetime.now(UTC).date()
+    regions = region or [dc.name for dc in topology.datacenters]
+    for r in regions:
+        topology.datacenter(r)
+    cluster, session = connect(
+        topology, topology.datacenters[0].name, consistency_level="LOCAL_QUORUM"
+    )
+    try:
+        result = rep.build(session, regions, the_day, store=store, customer=customer, top=top)
+    finally:
+        cluster.shutdown()
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print_report(result)
 
 
 def main() -> None:
