@@ -96,7 +96,7 @@ def topics() -> None:
     from retail.kafka import Topics, ensure_topics
     from retail.topology import current_topology
 
-    created = ensure_topics(current_topology(), Topics())
+    created = ensure_topics(current_topology(), Topics.from_settings())
     console.print(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
@@ -113,6 +113,7 @@ def produce(
     product popularity, inventory that follows sales), or replay a JSON-lines file."""
     import itertools
     import time
+    from datetime import UTC, datetime
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -124,13 +125,19 @@ def produce(
     if replay is None and count is None and duration is None:
         raise typer.BadParameter("say how much: --count N, --duration SECONDS or --replay FILE")
     topology = current_topology()
-    topics_ = Topics()
+    topics_ = Topics.from_settings()
     ensure_topics(topology, topics_)
     if replay is not None:
         records = records_from_jsonl(replay, topics_)
         total = None
     else:
-        gen = StreamGenerator(seed=seed, stores_per_region=stores)
+        # Event times start now and advance at the target rate (or 1,000/s when unthrottled).
+        gen = StreamGenerator(
+            seed=seed,
+            stores_per_region=stores,
+            start=datetime.now(UTC),
+            events_per_second=rate or 1000.0,
+        )
         events = gen.events(count) if count is not None else iter(gen)
         if duration is not None:
             end = time.monotonic() + duration

@@ -23,6 +23,18 @@ class Topics:
     deadletter: str = "retail.deadletter"
     partitions: int = 12
 
+    @classmethod
+    def named(cls, prefix: str = "retail", partitions: int = 12) -> Topics:
+        """The topics under another prefix (``it-3f2a.orders`` ...): isolated runs, same code."""
+        return cls(f"{prefix}.orders", f"{prefix}.inventory", f"{prefix}.deadletter", partitions)
+
+    @classmethod
+    def from_settings(cls) -> Topics:
+        from retail.settings import get_settings
+
+        s = get_settings()
+        return cls.named(s.topic_prefix, s.topic_partitions)
+
     @property
     def events(self) -> list[str]:
         return [self.orders, self.inventory]

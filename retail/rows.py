@@ -62,7 +62,7 @@ ROLLUP_QUERIES: dict[str, str] = {
         "revenue_cents, currency) VALUES (?, ?, ?, ?, ?, ?)"
     ),
     "sku_movements": (
-        f"SELECT event_time, kind, quantity FROM {KEYSPACE}.inventory_by_store_sku "
+        f"SELECT event_time, event_id, kind, quantity FROM {KEYSPACE}.inventory_by_store_sku "
         "WHERE store_id = ? AND sku = ?"
     ),
     "write_stock": (
@@ -206,17 +206,22 @@ def totals(rows: Iterable[tuple[int, int, str | None]]) -> tuple[int, int, str |
 
 
 def stock_level(
-    movements_newest_first: Iterable[tuple[datetime, str, int]],
+    movements: Iterable[tuple[datetime, str, str, int]],
 ) -> tuple[int, datetime | None]:
-    """Current stock from a product's movements, newest first: the latest absolute count plus
-    every delta after it (or the sum of all deltas if it was never counted), and the time of
-    the newest movement."""
-    level = 0
-    as_of = None
-    for event_time, kind, quantity in movements_newest_first:
-        if as_of is None:
-            as_of = event_time
-        if kind == "absolute":
-            return level + quantity, as_of
-        level += quantity
-    return level, as_of
+    """Current stock from a product's movements (event_time, event_id, kind, quantity), in any
+    order; returns the level and the time of the newest movement.
+
+    The latest absolute count sets the level (on a tie in time, the highest event id, so the
+    answer never depends on read order); deltas after it are added; deltas at the very instant
+    of the count are taken as already in it. Never counted: the sum of all deltas.
+    """
+    rows = list(movements)
+    if not rows:
+        return 0, None
+    as_of = max(r[0] for r in rows)
+    counts = [r for r in rows if r[2] == "absolute"]
+    if not counts:
+        return sum(r[3] for r in rows), as_of
+    last = max(counts, key=lambda r: (r[0], r[1]))
+    after = sum(r[3] for r in rows if r[2] == "delta" and r[0] > last[0])
+    return last[3] + after, as_of

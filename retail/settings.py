@@ -35,6 +35,8 @@ class Settings(BaseSettings):
         description="Downloads (server jars, binaries), shared by every clone on this machine.",
     )
     profile: str = Field(default="test", description="Stack profile used when none is given.")
+    topic_prefix: str = Field(default="retail", description="Kafka topics are PREFIX.orders ...")
+    topic_partitions: int = Field(default=12, ge=1, le=256)
     cassandra_username: str | None = None
     cassandra_password: SecretStr | None = None
     log_level: str = "INFO"

@@ -50,6 +50,8 @@ class ManagedProcess:
     home: Path
     log_file: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Set when this handle reaps the process as its own child: how it exited.
+    returncode: int | None = field(default=None, init=False)
 
     @property
     def pid_file(self) -> Path:
@@ -71,7 +73,9 @@ class ManagedProcess:
             return None
         pid = int(info["pid"])
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
+            reaped, status = os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
+            if reaped == pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
         if _proc_start_time(pid) != info.get("start_time"):
             return None
         return pid

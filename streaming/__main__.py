@@ -45,11 +45,11 @@ def main(
     logs.configure(get_settings().log_level, verbose=verbose)
     topology = current_topology()
     dc = topology.datacenter(region)  # fails with the known DCs if the region is wrong
-    topics = Topics()
+    topics = Topics.from_settings()
     ensure_topics(topology, topics)
     metrics = StatsdMetrics(topology.statsd.host, topology.statsd.port)
     cluster, session = connect(topology, dc.name, consistency_level=consistency)
-    group_id = group or f"retail-{region}"
+    group_id = group or f"{get_settings().topic_prefix}-{region}"
     consumer = Consumer(
         {
             "bootstrap.servers": topology.bootstrap_servers,
@@ -57,6 +57,9 @@ def main(
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
+            # A crashed member's partitions move to the others after 10 s, not the default 45.
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 2000,
             # Bounds what librdkafka prefetches: the consumer's memory stays small under a backlog.
             "queued.max.messages.kbytes": 16384,
             "logger": logging.getLogger("streaming.kafka"),
@@ -71,7 +74,7 @@ def main(
             "logger": logging.getLogger("streaming.kafka"),
         }
     )
-    sink = CassandraSink(session, metrics, concurrency=in_flight)
+    sink = CassandraSink(session, metrics, local_dc=dc.name, concurrency=in_flight)
     cfg = ConsumerConfig(
         region=region, batch_size=batch_size, catch_all=region == topology.datacenters[0].name
     )

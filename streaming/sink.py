@@ -76,10 +76,12 @@ class CassandraSink:
         session: Session,
         metrics: Metrics,
         *,
+        local_dc: str,
         concurrency: int = 128,
         retry_after: float = 1.0,
     ) -> None:
         self.session = session
+        self.local_dc = local_dc
         self.metrics = metrics
         self.concurrency = concurrency
         self.retry_after = retry_after
@@ -134,9 +136,23 @@ class CassandraSink:
         self, statements: Sequence[tuple[PreparedStatement, Sequence[object]]], what: str
     ) -> list[object]:
         """Execute concurrently (at most ``concurrency`` in flight); raise on any failure."""
-        results = execute_concurrent(
-            self.session, statements, concurrency=self.concurrency, raise_on_first_error=False
-        )
+        # With no coordinator up, every request fails at once, inside the driver's callback
+        # chain: execute_concurrent then recurses per statement and dies sorting the errors
+        # (RecursionError, TypeError). Asking the driver's own view of the hosts first avoids
+        # that, and the except below keeps the same outcome if the view is a moment behind.
+        if not any(
+            h.is_up and h.datacenter == self.local_dc
+            for h in self.session.cluster.metadata.all_hosts()
+        ):
+            raise SinkBackpressureError(
+                self.retry_after, NoHostAvailable(f"no node of {self.local_dc} is up", {})
+            )
+        try:
+            results = execute_concurrent(
+                self.session, statements, concurrency=self.concurrency, raise_on_first_error=False
+            )
+        except (RecursionError, TypeError) as exc:
+            raise SinkBackpressureError(self.retry_after, exc) from exc
         failures = [r for ok, r in results if not ok]
         if failures:
             first = failures[0]
@@ -201,6 +217,6 @@ class CassandraSink:
         reads = self._run([(q["sku_movements"], key) for key in skus], "stock read")
         writes = []
         for (store_id, sku), rows in zip(skus, reads, strict=True):
-            level, as_of = stock_level((r.event_time, r.kind, r.quantity) for r in rows)
+            level, as_of = stock_level((r.event_time, r.event_id, r.kind, r.quantity) for r in rows)
             writes.append((q["write_stock"], (store_id, sku, level, as_of or datetime.now(UTC))))
         self._run(writes, "stock write")

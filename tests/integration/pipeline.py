@@ -1,0 +1,226 @@
+"""A pipeline run for the integration tests: its own topics and consumer groups, clean tables,
+real ``python -m streaming`` processes, and checks that recompute everything from the base rows."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cassandra.cluster import Session
+from confluent_kafka import Consumer, TopicPartition
+
+from retail.cassandra import connect
+from retail.events import Event, InventoryMovement, Order
+from retail.kafka import Topics, ensure_topics
+from retail.producer import EventProducer, Record, records_from_events
+from retail.rows import stock_level
+from retail.topology import Topology
+from stack.process import ManagedProcess
+from streaming.processes import consumer_process
+
+TABLES = [
+    "orders",
+    "orders_by_store_day",
+    "product_sales_by_region_day",
+    "inventory_by_store_day",
+    "inventory_by_store_sku",
+    "stock_by_store",
+    "sales_by_store_hour",
+    "sales_by_region_day",
+]
+
+
+@dataclass
+class PipelineRun:
+    topology: Topology
+    session: Session
+    home: Path
+    prefix: str = field(default_factory=lambda: f"it{uuid.uuid4().hex[:8]}")
+    consumers: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics.named(self.prefix, partitions=6)
+        ensure_topics(self.topology, self.topics)
+        self.regions = [dc.name for dc in self.topology.datacenters]
+
+    # -- Kafka side ---------------------------------------------------------------------------
+
+    def produce(self, events: Iterable[Event], rate: float | None = None) -> int:
+        return EventProducer(self.topology).send(
+            records_from_events(events, self.topics), rate=rate
+        )
+
+    def produce_records(self, records: Iterable[Record]) -> int:
+        return EventProducer(self.topology).send(records)
+
+    def group(self, region: str) -> str:
+        return f"{self.prefix}-{region}"
+
+    def start_consumer(self, region: str, *extra: str) -> ManagedProcess:
+        env = {
+            "RETAIL_TOPIC_PREFIX": self.prefix,
+            "RETAIL_TOPIC_PARTITIONS": "6",
+            "PYTHONPATH": os.getcwd(),
+        }
+        proc = consumer_process(region, self.home / "consumers", *extra, env=env)
+        proc.start()
+        self.consumers[region] = proc
+        return proc
+
+    @staticmethod
+    def wait_assigned(proc: ManagedProcess, timeout: float = 60) -> None:
+        """Wait until the consumer has joined its group and holds partitions."""
+        deadline = time.monotonic() + timeout
+        while "partitions assigned" not in proc.tail(400):
+            assert proc.alive(), proc.tail(60)
+            assert time.monotonic() < deadline, "consumer never got partitions"
+            time.sleep(0.3)
+
+    def start_all(self) -> None:
+        for region in self.regions:
+            self.start_consumer(region)
+
+    def lag(self, group: str) -> int:
+        """Messages on the event topics not yet committed by ``group``."""
+        c = Consumer(
+            {
+                "bootstrap.servers": self.topology.bootstrap_servers,
+                "group.id": group,
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            parts = [
+                TopicPartition(t, p)
+                for t in self.topics.events
+                for p in range(self.topics.partitions)
+            ]
+            committed = c.committed(parts, timeout=10)
+            total = 0
+            for tp in committed:
+                _, high = c.get_watermark_offsets(tp, timeout=10)
+                total += high - (tp.offset if tp.offset >= 0 else 0)
+            return total
+        finally:
+            c.close()
+
+    def wait_consumed(self, regions: list[str] | None = None, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        for region in regions or self.regions:
+            while (lag := self.lag(self.group(region))) > 0:
+                proc = self.consumers.get(region)
+                assert proc is None or proc.alive(), (
+                    f"consumer {region} died:\n{proc.tail(60) if proc else ''}"
+                )
+                assert time.monotonic() < deadline, f"{region}: {lag} messages not consumed"
+                time.sleep(0.5)
+
+    def stop_consumers(self) -> dict[str, int | None]:
+        """SIGTERM every consumer, wait for it, and return the exit codes."""
+        codes = {}
+        for region, proc in self.consumers.items():
+            proc.stop(timeout=90)
+            codes[region] = proc.returncode
+        self.consumers.clear()
+        return codes
+
+    def dead_letters(self, expected: int, timeout: float = 30) -> list:
+        c = Consumer(
+            {
+                "bootstrap.servers": self.topology.bootstrap_servers,
+                "group.id": f"{self.prefix}-dlq-reader",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        c.subscribe([self.topics.deadletter])
+        got: list = []
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                got += [m for m in c.consume(500, 1.0) if m.error() is None]
+                if len(got) >= expected:
+                    # keep reading briefly: more than expected would be a duplicate
+                    got += [m for m in c.consume(500, 2.0) if m.error() is None]
+                    break
+        finally:
+            c.close()
+        return got
+
+    # -- Cassandra side -----------------------------------------------------------------------
+
+    def truncate(self) -> None:
+        for table in TABLES:
+            self.session.execute(f"TRUNCATE retail.{table}", timeout=60)
+
+    def snapshot(self) -> dict[str, set[str]]:
+        """Every row of every table (as text: the order lines are lists, not hashable)."""
+        return {
+            t: {repr(tuple(r)) for r in self.session.execute(f"SELECT * FROM retail.{t}")}
+            for t in TABLES
+        }
+
+    def order_ids_in(self, dc: str) -> list[str]:
+        """Every order id as the replicas of one DC have it (pinned there, LOCAL_ONE)."""
+        cluster, session = connect(self.topology, dc, consistency_level="LOCAL_ONE", pin_to_dc=True)
+        try:
+            return [r.order_id for r in session.execute("SELECT order_id FROM retail.orders")]
+        finally:
+            cluster.shutdown()
+
+    def assert_exact(self, orders: list[Order], movements: list[InventoryMovement]) -> None:
+        """Every event written once, readable in every DC, every rollup equal to the sums
+        recomputed from the base rows."""
+        want = sorted(o.order_id for o in orders)
+        for dc in self.regions:
+            assert sorted(self.order_ids_in(dc)) == want, f"orders differ in {dc}"
+        s = self.session
+        assert _count(s, "orders_by_store_day") == len(orders)
+        assert _count(s, "product_sales_by_region_day") == sum(len(o.lines) for o in orders)
+        assert _count(s, "inventory_by_store_day") == len(movements)
+        assert _count(s, "inventory_by_store_sku") == len(movements)
+
+        hours: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+        for r in s.execute(
+            "SELECT store_id, day, event_time, total_cents FROM retail.orders_by_store_day"
+        ):
+            bucket = hours[(r.store_id, r.day, r.event_time.hour)]
+            bucket[0] += 1
+            bucket[1] += r.total_cents
+        rolled = {
+            (r.store_id, r.day, r.hour): [r.order_count, r.revenue_cents]
+            for r in s.execute("SELECT * FROM retail.sales_by_store_hour")
+        }
+        assert rolled == dict(hours)
+
+        days: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+        for (store, day, _), (n, cents) in hours.items():
+            days[(store, day)][0] += n
+            days[(store, day)][1] += cents
+        region_rows = {
+            (r.store_id, r.day): [r.order_count, r.revenue_cents]
+            for r in s.execute("SELECT * FROM retail.sales_by_region_day")
+        }
+        assert region_rows == dict(days)
+
+        moves: dict[tuple, list] = defaultdict(list)
+        for r in s.execute(
+            "SELECT store_id, sku, event_time, event_id, kind, quantity "
+            "FROM retail.inventory_by_store_sku"
+        ):
+            moves[(r.store_id, r.sku)].append((r.event_time, r.event_id, r.kind, r.quantity))
+        expected_stock = {k: stock_level(v)[0] for k, v in moves.items()}
+        stock = {
+            (r.store_id, r.sku): r.quantity
+            for r in s.execute("SELECT store_id, sku, quantity FROM retail.stock_by_store")
+        }
+        assert stock == expected_stock
+
+
+def _count(session: Session, table: str) -> int:
+    return session.execute(f"SELECT count(*) FROM retail.{table}", timeout=60).one().count

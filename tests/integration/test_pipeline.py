@@ -1,0 +1,162 @@
+"""The real-time pipeline on the real stack: produced events end up exactly once in Cassandra,
+bad events in the dead-letter topic, and nothing is lost when a consumer or a DC goes away."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from retail import migrations
+from retail.cassandra import connect
+from retail.events import InventoryMovement, Order, encode
+from retail.generator import StreamGenerator
+from retail.producer import records_from_jsonl
+from retail.topology import Topology
+from stack.local import LocalStack
+from tests.integration.pipeline import PipelineRun
+
+
+@pytest.fixture(scope="module")
+def schema(topology: Topology) -> Iterator[object]:
+    cluster, session = connect(topology, topology.datacenters[0].name)
+    migrations.migrate(cluster, session, topology)
+    yield session
+    cluster.shutdown()
+
+
+@pytest.fixture
+def run(schema: object, topology: Topology, tmp_path: Path) -> Iterator[PipelineRun]:
+    r = PipelineRun(topology, schema, tmp_path)  # type: ignore[arg-type]
+    r.truncate()
+    yield r
+    r.stop_consumers()
+
+
+def stream(n: int, seed: int) -> tuple[list, list[Order], list[InventoryMovement]]:
+    # Event times end about now, so they are realistic for every check (and the e2e metric).
+    gen = StreamGenerator(
+        seed=seed,
+        start=datetime.now(UTC) - timedelta(minutes=10),
+        events_per_second=max(n / 300, 1),
+    )
+    events = list(gen.events(n))
+    return (
+        events,
+        [e for e in events if isinstance(e, Order)],
+        [e for e in events if isinstance(e, InventoryMovement)],
+    )
+
+
+N = 10_000
+
+
+def test_n_events_become_exactly_n_rows_in_every_dc_with_exact_rollups(run: PipelineRun) -> None:
+    events, orders, moves = stream(N, seed=11)
+    assert run.produce(events) == N
+    run.start_all()
+    run.wait_consumed()
+    codes = run.stop_consumers()
+    assert codes == dict.fromkeys(run.regions, 0)  # SIGTERM: drained, committed, exit 0
+    run.assert_exact(orders, moves)
+
+    # A replay from offset 0 (new groups, same topics) changes no table.
+    before = run.snapshot()
+    for region in run.regions:
+        run.start_consumer(region, "--group", f"{run.prefix}-replay-{region}")
+    for region in run.regions:
+        while run.lag(f"{run.prefix}-replay-{region}") > 0:
+            assert run.consumers[region].alive(), run.consumers[region].tail(40)
+            time.sleep(0.5)
+    run.stop_consumers()
+    assert run.snapshot() == before
+
+
+def test_invalid_events_reach_the_dead_letter_topic_and_valid_ones_all_land(
+    run: PipelineRun, tmp_path: Path
+) -> None:
+    events, orders, moves = stream(600, seed=12)
+    good = json.loads(encode(orders[0]))
+    bad_lines = [
+        b'{"type": "order", "event_id": "x", "store_id": "store-0001"',  # malformed JSON
+        json.dumps({**good, "total_cents": "12.50"}).encode(),  # wrong type
+        json.dumps({k: v for k, v in good.items() if k != "customer_id"}).encode(),  # missing
+        json.dumps({**good, "type": "refund"}).encode(),  # unknown type
+        json.dumps({**good, "lines": [{**good["lines"][0], "quantity": -3}]}).encode(),  # absurd
+        json.dumps({**good, "event_time": "2999-01-01T00:00:00Z"}).encode(),  # absurd time
+        b"\xff\xfe not even text",
+    ]
+    path = tmp_path / "mixed.jsonl"
+    with path.open("wb") as f:
+        for i, e in enumerate(events):
+            f.write(encode(e) + b"\n")
+            if i % 80 == 0 and bad_lines:
+                f.write(bad_lines.pop(0) + b"\n")
+    assert not bad_lines
+    run.produce_records(records_from_jsonl(path, run.topics))
+    run.start_all()
+    run.wait_consumed()
+    dead = run.dead_letters(expected=7)
+    assert len(dead) == 7  # each once, from one region's group only
+    reasons = [dict(m.headers())["reason"].decode() for m in dead]
+    assert all(reasons), reasons
+    assert any("not valid JSON" in r for r in reasons)
+    assert any("refund" in r for r in reasons)
+    for m in dead:
+        h = {k: v.decode() for k, v in m.headers()}
+        assert h["origin.topic"] in run.topics.events
+        assert int(h["origin.offset"]) >= 0 and int(h["origin.partition"]) >= 0
+    run.stop_consumers()
+    run.assert_exact(orders, moves)
+
+
+def test_a_consumer_killed_mid_stream_loses_and_duplicates_nothing(run: PipelineRun) -> None:
+    events, orders, moves = stream(6_000, seed=13)
+    run.start_all()
+    producer = threading.Thread(target=run.produce, args=(events,), kwargs={"rate": 1500})
+    producer.start()
+    time.sleep(2.0)
+    victim = run.consumers["eu-west"]
+    assert victim.kill()  # SIGKILL: no drain, no commit of the batch in flight
+    time.sleep(1.0)
+    run.start_consumer("eu-west")
+    producer.join()
+    run.wait_consumed()
+    run.stop_consumers()
+    run.assert_exact(orders, moves)
+
+
+def test_local_dc_down_pauses_without_commit_and_every_event_lands_after(
+    run: PipelineRun, healthy: LocalStack, topology: Topology
+) -> None:
+    events, orders, moves = stream(2_000, seed=14)
+    region = topology.datacenters[0].name
+    eu_orders = [o for o in orders if o.region == region]
+    eu_moves = [m for m in moves if m.region == region]
+    proc = run.start_consumer(region)
+    run.wait_assigned(proc)
+    for node in topology.datacenter(region).nodes:
+        healthy.kill(node.name)
+    try:
+        run.produce(events)
+        time.sleep(8)
+        assert proc.alive()
+        lag_while_down = run.lag(run.group(region))
+        assert lag_while_down > 0  # nothing of this DC's events was committed ...
+        time.sleep(4)
+        assert run.lag(run.group(region)) == lag_while_down  # ... and nothing is, while down
+        assert "nothing committed" in proc.tail(200)
+    finally:
+        for node in topology.datacenter(region).nodes:
+            healthy.start(node.name)
+    run.wait_consumed([region])
+    assert run.stop_consumers() == {region: 0}
+    got = sorted(run.order_ids_in(region))
+    assert got == sorted(o.order_id for o in eu_orders)
+    inv = run.session.execute("SELECT count(*) FROM retail.inventory_by_store_day").one().count
+    assert inv == len(eu_moves)
