@@ -38,23 +38,65 @@ def _register() -> None:
 
 
 @app.command()
-def demo(profile: Annotated[str, typer.Option("--profile", "-p")] = "demo") -> None:
-    """The platform's main job, end to end. For now: the three-DC stack up, its status,
-    and how to stop it."""
-    from stack import cli as stack_cli
+def demo(
+    profile: Annotated[str, typer.Option("--profile", "-p")] = "demo",
+    duration: Annotated[float, typer.Option(help="Seconds of events to stream.")] = 30.0,
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 1000.0,
+) -> None:
+    """The platform's main job, end to end: the three-DC stack up, the schema migrated, a
+    consumer per region, a realistic stream of events, then the retail report."""
+    import time
 
-    stack_cli.up(profile=profile, nodes_per_dc=None, brokers=None, fresh=False, timeout=900.0)
+    from retail.kafka import Topics, ensure_topics, group_lag
+    from retail.topology import current_topology
+    from stack import cli as stack_cli
     from stack.local import LocalStack
     from stack.status import collect
+    from streaming.processes import consumer_process
 
-    st = collect(LocalStack())
-    stack_cli._print_status(st)
+    console.rule("1. the local stack")
+    stack_cli.up(profile=profile, nodes_per_dc=None, brokers=None, fresh=False, timeout=900.0)
+    stack_cli._print_status(collect(LocalStack()))
+    console.rule("2. schema migrations")
+    migrate(dry_run=False, dc=None)
+    topology = current_topology()
+    topics_ = Topics.from_settings()
+    ensure_topics(topology, topics_)
+    console.rule("3. consumers, one per region")
+    home = get_settings().state_dir / "demo" / "consumers"
+    consumers = [consumer_process(dc.name, home) for dc in topology.datacenters]
+    for proc in consumers:
+        proc.start()
+        console.print(f"{proc.name}: pid {proc.pid()}, log {proc.main_log}")
+    try:
+        console.rule(f"4. streaming events for {duration:.0f}s at {rate:.0f}/s")
+        produce(
+            count=None, duration=duration, rate=rate, replay=None, seed=int(time.time()), stores=20
+        )
+        with console.status("waiting for the consumers to write everything") as status:
+            deadline = time.monotonic() + 300
+            groups = [f"{get_settings().topic_prefix}-{dc.name}" for dc in topology.datacenters]
+            while (lag := sum(group_lag(topology, topics_, g) for g in groups)) > 0:
+                dead = [p.name for p in consumers if not p.alive()]
+                if dead or time.monotonic() > deadline:
+                    raise RetailError(
+                        f"consumers not caught up ({lag} events behind; "
+                        f"stopped: {dead or 'none'}); see their logs in {home}"
+                    )
+                status.update(f"waiting for the consumers: {lag} events to write")
+                time.sleep(0.5)
+    finally:
+        for proc in consumers:
+            proc.stop(timeout=90)  # SIGTERM: each drains its last batch and commits
+    console.rule("5. the retail report")
+    report(day=None, region=None, store=None, customer=None, top=5, as_json=False)
     console.print(
         Panel.fit(
-            "The stack keeps running in the background.\n"
-            "  retail stack status        nodes and services\n"
-            "  retail stack logs NODE     a node's system.log\n"
-            "  retail stack down          stop everything (add --purge to delete the data)",
+            "The stack keeps running; the consumers have drained and stopped.\n"
+            "  retail stack status             nodes and services\n"
+            "  retail produce --duration 60    more events (then python -m streaming --region R)\n"
+            "  retail report --customer ID     a customer's orders\n"
+            "  retail stack down               stop everything (add --purge to delete the data)",
             title="next",
         )
     )

@@ -313,11 +313,13 @@ class StreamGenerator:
             restocks = []
             for line in lines:
                 key = (store.store_id, line.sku)
-                # A product's stock before its first sale here is unknown to consumers until
-                # the store's next count; any level above the reorder point will do.
+                # The first time a store sells a product, the stream opens with a count of it
+                # (any level above the reorder point), so that every stock level consumers
+                # compute starts from a known number instead of from zero.
                 level = stock.get(key)
                 if level is None:
                     level = rng.randint(_REORDER_POINT + 1, _TARGET_STOCK)
+                    yield movement(store, line.sku, "absolute", level, "count")
                 stock[key] = level - line.quantity
                 recent_sales.append((store, line.sku, line.quantity))
                 yield movement(store, line.sku, "delta", -line.quantity, "sale")

@@ -70,3 +70,25 @@ def ensure_topics(topology: Topology, topics: Topics, timeout: float = 30.0) -> 
                 raise RetailError(f"could not create topic {name}: {exc}") from exc
     log.info("created topics %s", ", ".join(created))
     return created
+
+
+def group_lag(topology: Topology, topics: Topics, group: str, timeout: float = 10.0) -> int:
+    """Messages on the event topics that ``group`` has not committed yet."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": topology.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        parts = [TopicPartition(t, p) for t in topics.events for p in range(topics.partitions)]
+        total = 0
+        for tp in consumer.committed(parts, timeout=timeout):
+            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            total += high - max(tp.offset, 0)
+        return total
+    finally:
+        consumer.close()

@@ -3,7 +3,6 @@ real ``python -m streaming`` processes, and checks that recompute everything fro
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -12,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cassandra.cluster import Session
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from retail.cassandra import connect
 from retail.events import Event, InventoryMovement, Order
-from retail.kafka import Topics, ensure_topics
+from retail.kafka import Topics, ensure_topics, group_lag
 from retail.producer import EventProducer, Record, records_from_events
 from retail.rows import stock_level
 from retail.topology import Topology
@@ -65,7 +64,6 @@ class PipelineRun:
         env = {
             "RETAIL_TOPIC_PREFIX": self.prefix,
             "RETAIL_TOPIC_PARTITIONS": "6",
-            "PYTHONPATH": os.getcwd(),
         }
         proc = consumer_process(region, self.home / "consumers", *extra, env=env)
         proc.start()
@@ -87,27 +85,7 @@ class PipelineRun:
 
     def lag(self, group: str) -> int:
         """Messages on the event topics not yet committed by ``group``."""
-        c = Consumer(
-            {
-                "bootstrap.servers": self.topology.bootstrap_servers,
-                "group.id": group,
-                "enable.auto.commit": False,
-            }
-        )
-        try:
-            parts = [
-                TopicPartition(t, p)
-                for t in self.topics.events
-                for p in range(self.topics.partitions)
-            ]
-            committed = c.committed(parts, timeout=10)
-            total = 0
-            for tp in committed:
-                _, high = c.get_watermark_offsets(tp, timeout=10)
-                total += high - (tp.offset if tp.offset >= 0 else 0)
-            return total
-        finally:
-            c.close()
+        return group_lag(self.topology, self.topics, group)
 
     def wait_consumed(self, regions: list[str] | None = None, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
