@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 PROFILE ?= demo
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help setup fetch demo test test-unit test-integration lint compose-check stack-down clean
+.PHONY: help setup fetch demo test test-unit test-integration lint compose-check bench stack-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -26,7 +26,7 @@ setup: $(VENV)/.installed fetch  ## Python env in .venv/ and every server binary
 fetch: $(VENV)/.installed  ## fetch Cassandra, Kafka, agents, Prometheus, Alertmanager, statsd_exporter (cached)
 	$(BIN)/retail stack fetch
 
-demo: setup  ## bring up the local three-DC stack and show its status
+demo: setup  ## the main job: three-DC stack, migrations, consumers, an event stream, the report
 	$(BIN)/retail demo --profile $(PROFILE)
 
 test: setup lint compose-check test-unit test-integration  ## everything CI runs
@@ -44,6 +44,10 @@ lint: $(VENV)/.installed  ## ruff
 compose-check:  ## validate docker/compose.yaml with Debian's docker-compose (no engine needed)
 	@command -v docker-compose >/dev/null || scripts/apt-install docker-compose
 	docker-compose -f docker/compose.yaml config -q
+
+bench: setup  ## pipeline benchmark: raw-driver ceiling, naive consumer, our consumers, latency, RSS
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/decode.py
 
 stack-down: $(VENV)/.installed  ## stop every process the local stack started
 	$(BIN)/retail stack down

@@ -54,7 +54,7 @@ ROLLUP_QUERIES: dict[str, str] = {
         "revenue_cents, currency) VALUES (?, ?, ?, ?, ?, ?)"
     ),
     "store_hours": (
-        f"SELECT order_count, revenue_cents, currency FROM {KEYSPACE}.sales_by_store_hour "
+        f"SELECT hour, order_count, revenue_cents, currency FROM {KEYSPACE}.sales_by_store_hour "
         "WHERE store_id = ? AND day = ?"
     ),
     "write_region_day": (

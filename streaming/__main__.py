@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,6 +40,10 @@ def main(
     group: Annotated[
         str | None, typer.Option(help="Consumer group (default retail-REGION).")
     ] = None,
+    latency_log: Annotated[
+        Path | None,
+        typer.Option(help="Append every event's end-to-end latency (ms) here (benchmarks)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Consume retail events for one region and write them into its local Cassandra DC."""
@@ -60,6 +65,9 @@ def main(
             # A crashed member's partitions move to the others after 10 s, not the default 45.
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 2000,
+            # The broker answers a fetch at once when there is data, and waits at most 20 ms
+            # when there is none (the default 500 ms would be the pipeline's latency floor).
+            "fetch.wait.max.ms": 20,
             # Bounds what librdkafka prefetches: the consumer's memory stays small under a backlog.
             "queued.max.messages.kbytes": 16384,
             "logger": logging.getLogger("streaming.kafka"),
@@ -76,7 +84,10 @@ def main(
     )
     sink = CassandraSink(session, metrics, local_dc=dc.name, concurrency=in_flight)
     cfg = ConsumerConfig(
-        region=region, batch_size=batch_size, catch_all=region == topology.datacenters[0].name
+        region=region,
+        batch_size=batch_size,
+        catch_all=region == topology.datacenters[0].name,
+        latency_log=latency_log,
     )
     worker = RegionalConsumer(
         cfg, consumer, producer, sink, metrics, topics, {d.name for d in topology.datacenters}

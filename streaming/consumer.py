@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
@@ -41,11 +42,14 @@ class ConsumerConfig:
     region: str
     catch_all: bool = False  # dead-letters events that name no known region
     batch_size: int = 2000
-    poll_timeout: float = 0.5
+    # A poll returns as soon as it has messages or after this long: small, so that a quiet
+    # stream is written within milliseconds instead of waiting to fill a batch.
+    poll_timeout: float = 0.05
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
     drain_timeout: float = 60.0  # on SIGTERM: how long to keep retrying the last batch
     lag_interval: float = 5.0
+    latency_log: Path | None = None  # every event's end-to-end latency, for benchmarks
 
 
 @dataclass
@@ -172,6 +176,12 @@ class RegionalConsumer:
         if event_times:
             self.metrics.timing(f"{self.m}.write_latency", write_ms)
             now = datetime.now(UTC)
+            if self.cfg.latency_log:
+                with self.cfg.latency_log.open("a") as f:
+                    f.write(
+                        " ".join(f"{(now - t).total_seconds() * 1000:.2f}" for t in event_times)
+                        + "\n"
+                    )
             # A handful of samples per batch: enough for the summary's quantiles without a
             # UDP packet per event.
             step = max(1, len(event_times) // 10)

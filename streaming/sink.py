@@ -166,6 +166,13 @@ class CassandraSink:
         return [r for _, r in results]
 
     def _recompute_rollups(self, events: Iterable[Event]) -> None:
+        """Recompute every rollup bucket the events touched, in two round trips: all reads at
+        once, then all writes at once.
+
+        A store's hour is recounted from its base rows. A store's day is the sum of its hours:
+        the hours just recounted, plus the others as the hour table has them (exact, since one
+        consumer at a time owns a store's partition and wrote them the same way).
+        """
         hours: set[HourBucket] = set()
         skus: set[tuple[str, str]] = set()
         for e in events:
@@ -173,50 +180,50 @@ class CassandraSink:
                 hours.add(hour_bucket(e))
             elif isinstance(e, InventoryMovement):
                 skus.add((e.store_id, e.sku))
-        if hours:
-            self._recompute_sales(sorted(hours))
-        if skus:
-            self._recompute_stock(sorted(skus))
-
-    def _recompute_sales(self, hours: list[HourBucket]) -> None:
         q = self.queries
+        hour_list = sorted(hours)
+        days: dict[tuple[str, date], str] = {(b.store_id, b.day): b.region for b in hour_list}
+        day_list = sorted(days)
+        sku_list = sorted(skus)
         reads = self._run(
-            [(q["orders_in_hour"], (b.store_id, b.day, b.start, b.end)) for b in hours],
+            [(q["orders_in_hour"], (b.store_id, b.day, b.start, b.end)) for b in hour_list]
+            + [(q["store_hours"], key) for key in day_list]
+            + [(q["sku_movements"], key) for key in sku_list],
             "rollup read",
         )
+        hour_reads = reads[: len(hour_list)]
+        day_reads = reads[len(hour_list) : len(hour_list) + len(day_list)]
+        sku_reads = reads[len(hour_list) + len(day_list) :]
+
         writes = []
-        for bucket, rows in zip(hours, reads, strict=True):
+        fresh: dict[tuple[str, date], dict[int, tuple[int, int, str | None]]] = {}
+        for bucket, rows in zip(hour_list, hour_reads, strict=True):
             count, cents, currency = totals((1, r.total_cents, r.currency) for r in rows)
+            fresh.setdefault((bucket.store_id, bucket.day), {})[bucket.hour] = (
+                count,
+                cents,
+                currency,
+            )
             writes.append(
                 (
                     q["write_store_hour"],
                     (bucket.store_id, bucket.day, bucket.hour, count, cents, currency),
                 )
             )
-        self._run(writes, "rollup write")
-        # A store's day = the sum of its (now exact) hours; one row per store in the region's
-        # day partition.
-        days: dict[tuple[str, date], str] = {(b.store_id, b.day): b.region for b in hours}
-        keys = sorted(days)
-        reads = self._run([(q["store_hours"], key) for key in keys], "rollup read")
-        writes = []
-        for (store_id, day), rows in zip(keys, reads, strict=True):
-            count, cents, currency = totals(
-                (r.order_count, r.revenue_cents, r.currency) for r in rows
-            )
+        for key, rows in zip(day_list, day_reads, strict=True):
+            recounted = fresh[key]
+            stored = [
+                (r.order_count, r.revenue_cents, r.currency)
+                for r in rows
+                if r.hour not in recounted
+            ]
+            count, cents, currency = totals([*stored, *recounted.values()])
+            store_id, day = key
             writes.append(
-                (
-                    q["write_region_day"],
-                    (days[(store_id, day)], day, store_id, count, cents, currency),
-                )
+                (q["write_region_day"], (days[key], day, store_id, count, cents, currency))
             )
-        self._run(writes, "rollup write")
-
-    def _recompute_stock(self, skus: list[tuple[str, str]]) -> None:
-        q = self.queries
-        reads = self._run([(q["sku_movements"], key) for key in skus], "stock read")
-        writes = []
-        for (store_id, sku), rows in zip(skus, reads, strict=True):
+        for (store_id, sku), rows in zip(sku_list, sku_reads, strict=True):
             level, as_of = stock_level((r.event_time, r.event_id, r.kind, r.quantity) for r in rows)
             writes.append((q["write_stock"], (store_id, sku, level, as_of or datetime.now(UTC))))
-        self._run(writes, "stock write")
+        if writes:
+            self._run(writes, "rollup write")
