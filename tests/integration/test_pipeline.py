@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from retail import migrations
@@ -64,6 +65,7 @@ def test_n_events_become_exactly_n_rows_in_every_dc_with_exact_rollups(run: Pipe
     codes = run.stop_consumers()
     assert codes == dict.fromkeys(run.regions, 0)  # SIGTERM: drained, committed, exit 0
     run.assert_exact(orders, moves)
+    assert_metrics_labelled(run.topology, run.regions)
 
     # A replay from offset 0 (new groups, same topics) changes no table.
     before = run.snapshot()
@@ -75,6 +77,21 @@ def test_n_events_become_exactly_n_rows_in_every_dc_with_exact_rollups(run: Pipe
             time.sleep(0.5)
     run.stop_consumers()
     assert run.snapshot() == before
+
+
+def assert_metrics_labelled(topology: Topology, regions: list[str]) -> None:
+    """The consumers' StatsD counters arrive in Prometheus with region/topic/outcome labels."""
+    promql = 'sum by (region) (retail_consumer_events_total{outcome="written", topic="orders"})'
+    deadline = time.monotonic() + 30
+    while True:
+        resp = httpx.get(
+            f"{topology.prometheus.url}/api/v1/query", params={"query": promql}, timeout=5
+        ).json()["data"]["result"]
+        written = {r["metric"]["region"]: float(r["value"][1]) for r in resp}
+        if set(written) == set(regions) and all(v > 0 for v in written.values()):
+            return
+        assert time.monotonic() < deadline, f"consumer metrics not in Prometheus: {written}"
+        time.sleep(1)
 
 
 def test_invalid_events_reach_the_dead_letter_topic_and_valid_ones_all_land(
