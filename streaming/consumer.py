@@ -60,14 +60,18 @@ class Batch:
     events: list[tuple[str, int, int, Event]] = field(default_factory=list)
     dead: list[tuple[Message, str]] = field(default_factory=list)
     skipped: list[tuple[str, int, int]] = field(default_factory=list)
+    # Dead letters already produced and acknowledged (a retry of the batch must not produce
+    # them again, but must still commit past them).
+    dead_done: list[tuple[str, int, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.dead or self.skipped)
+        return bool(self.events or self.dead or self.skipped or self.dead_done)
 
     def drop_partitions(self, revoked: set[tuple[str, int]]) -> None:
         self.events = [e for e in self.events if (e[0], e[1]) not in revoked]
         self.dead = [d for d in self.dead if (d[0].topic(), d[0].partition()) not in revoked]
         self.skipped = [s for s in self.skipped if (s[0], s[1]) not in revoked]
+        self.dead_done = [d for d in self.dead_done if (d[0], d[1]) not in revoked]
 
 
 def _header(msg: Message, name: str) -> str | None:
@@ -133,11 +137,17 @@ class RegionalConsumer:
             self.sink.mark_done(topic, part, offset)
         for msg, _ in batch.dead:
             self.sink.mark_done(msg.topic(), msg.partition(), msg.offset())
+        for topic, part, offset in batch.dead_done:
+            self.sink.mark_done(topic, part, offset)
         started = time.perf_counter()
         result = self.sink.flush()
         write_ms = (time.perf_counter() - started) * 1000
         if batch.dead:
             self._dead_letter(batch.dead)
+            # Produced and acknowledged: if the commit below fails and the batch is retried,
+            # these must not be dead-lettered a second time; their offsets still get committed.
+            batch.dead_done += [(m.topic(), m.partition(), m.offset()) for m, _ in batch.dead]
+            batch.dead = []
         offsets = [TopicPartition(t, p, o) for (t, p), o in result.next_offsets.items()]
         if offsets:
             self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -170,8 +180,8 @@ class RegionalConsumer:
         counts: Counter[tuple[str, str]] = Counter()
         for topic, _, _, _ in batch.events:
             counts[(topic, "written")] += 1
-        for msg, _ in batch.dead:
-            counts[(msg.topic(), "deadlettered")] += 1
+        for topic, _, _ in batch.dead_done:
+            counts[(topic, "deadlettered")] += 1
         for topic, _, _ in batch.skipped:
             counts[(topic, "skipped")] += 1
         consumed: Counter[str] = Counter()

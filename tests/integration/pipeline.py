@@ -151,9 +151,27 @@ class PipelineRun:
         finally:
             cluster.shutdown()
 
-    def assert_exact(self, orders: list[Order], movements: list[InventoryMovement]) -> None:
+    def assert_exact(
+        self, orders: list[Order], movements: list[InventoryMovement], timeout: float = 120
+    ) -> None:
         """Every event written once, readable in every DC, every rollup equal to the sums
-        recomputed from the base rows."""
+        recomputed from the base rows.
+
+        A consumer's write is acknowledged by its own DC (LOCAL_QUORUM); the other DCs get it
+        asynchronously, under load through hints (delivered every 10 s). So the check is
+        repeated until the DCs have converged, and fails if they have not within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._check_exact(orders, movements)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+    def _check_exact(self, orders: list[Order], movements: list[InventoryMovement]) -> None:
         want = sorted(o.order_id for o in orders)
         for dc in self.regions:
             assert sorted(self.order_ids_in(dc)) == want, f"orders differ in {dc}"
