@@ -33,22 +33,12 @@ from retail.events import Event, decode
 from retail.generator import StreamGenerator
 from retail.kafka import Topics, ensure_topics, group_lag
 from retail.producer import EventProducer, records_from_events
-from retail.rows import INSERTS, rows_for
+from retail.rows import INSERTS, TABLES, rows_for
 from retail.settings import get_settings
 from retail.topology import Topology, profile_topology
 from stack.local import LocalStack
 from streaming.processes import consumer_process
 
-TABLES = [
-    "orders",
-    "orders_by_store_day",
-    "product_sales_by_region_day",
-    "inventory_by_store_day",
-    "inventory_by_store_sku",
-    "stock_by_store",
-    "sales_by_store_hour",
-    "sales_by_region_day",
-]
 TARGETS = {
     "consumer_vs_ceiling": 0.85,
     "consumer_vs_naive": 10.0,

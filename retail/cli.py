@@ -56,7 +56,7 @@ def demo(
 
     console.rule("1. the local stack")
     stack_cli.up(profile=profile, nodes_per_dc=None, brokers=None, fresh=False, timeout=900.0)
-    stack_cli._print_status(collect(LocalStack()))
+    stack_cli.print_status(collect(LocalStack()))
     console.rule("2. schema migrations")
     migrate(dry_run=False, dc=None)
     topology = current_topology()

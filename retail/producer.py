@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Producer
 
 from retail.errors import RetailError
 from retail.events import Event, Order, encode
@@ -128,7 +128,3 @@ class EventProducer:
                 "by Kafka; is it up? (`retail stack status`)"
             )
         return sent
-
-    def flush(self) -> None:
-        if self.producer.flush(60):
-            raise KafkaException("messages still queued after 60s")

@@ -17,6 +17,18 @@ from retail.events import Event, InventoryMovement, Order
 
 KEYSPACE = "retail"
 
+# Every table the pipeline writes (the materialized view follows its base table).
+TABLES = (
+    "orders",
+    "orders_by_store_day",
+    "product_sales_by_region_day",
+    "inventory_by_store_day",
+    "inventory_by_store_sku",
+    "stock_by_store",
+    "sales_by_store_hour",
+    "sales_by_region_day",
+)
+
 # Base-row writes, by name. Each takes its row values then the write timestamp.
 INSERTS: dict[str, str] = {
     "orders": (

@@ -153,7 +153,7 @@ def _fmt_mb(mb: float | None) -> str:
     return "-" if mb is None else f"{mb:.0f} MiB"
 
 
-def _print_status(st: StackStatus) -> None:
+def print_status(st: StackStatus) -> None:
     for dc in dict.fromkeys(n.dc for n in st.nodes):
         t = Table(title=f"Datacenter: {dc}", title_justify="left")
         for col in ("state", "node", "address", "rack", "load", "owns (DC)", "token", "pid", "rss"):
@@ -199,7 +199,7 @@ def status(
     if as_json:
         print(json.dumps(st.to_dict(), indent=2))
     else:
-        _print_status(st)
+        print_status(st)
     raise typer.Exit(0 if st.ok else 1)
 
 

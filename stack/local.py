@@ -399,9 +399,6 @@ class LocalStack:
         self._wait_ready([comp], timeout, reporter or Reporter())
         return comp.name
 
-    def process(self, name: str) -> ManagedProcess:
-        return self._component(name)[1].process
-
 
 def _shape(topology: Topology) -> str:
     dcs = ", ".join(f"{dc.name}={len(dc.nodes)}" for dc in topology.datacenters)

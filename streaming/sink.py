@@ -107,10 +107,6 @@ class CassandraSink:
         key = (topic, partition)
         self._skipped[key] = max(self._skipped.get(key, -1), offset)
 
-    @property
-    def buffered(self) -> int:
-        return sum(len(v) for v in self._buffer.values())
-
     def clear(self) -> None:
         self._buffer.clear()
         self._skipped.clear()

@@ -17,21 +17,10 @@ from retail.cassandra import connect
 from retail.events import Event, InventoryMovement, Order
 from retail.kafka import Topics, ensure_topics, group_lag
 from retail.producer import EventProducer, Record, records_from_events
-from retail.rows import stock_level
+from retail.rows import TABLES, stock_level
 from retail.topology import Topology
 from stack.process import ManagedProcess
 from streaming.processes import consumer_process
-
-TABLES = [
-    "orders",
-    "orders_by_store_day",
-    "product_sales_by_region_day",
-    "inventory_by_store_day",
-    "inventory_by_store_sku",
-    "stock_by_store",
-    "sales_by_store_hour",
-    "sales_by_region_day",
-]
 
 
 @dataclass
