@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -19,49 +20,82 @@ def money(cents: int, currency: str | None) -> str:
     return f"{cents / 100:,.2f} {currency or ''}".strip()
 
 
-def print_report(report: Report) -> None:
-    t = Table(title=f"Sales by region, {report.day} (UTC)", title_justify="left")
-    for col in ("region", "orders", "revenue", "stores", "busiest store"):
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in columns:
         t.add_column(col)
-    for r in report.regions:
-        revenue = ", ".join(money(c, cur) for cur, c in sorted(r.revenue_by_currency.items()))
-        busiest = f"{r.stores[0].store_id} ({r.stores[0].orders} orders)" if r.stores else "-"
-        t.add_row(r.region, f"{r.orders:,}", revenue or "-", str(len(r.stores)), busiest)
-    out.print(t)
-    for region, products in report.top_products.items():
-        t = Table(title=f"Top products in {region}", title_justify="left")
-        for col in ("sku", "units", "revenue (minor units)"):
-            t.add_column(col)
-        for p in products:
-            t.add_row(p.sku, f"{p.units:,}", f"{p.revenue_cents:,}")
-        out.print(t)
-    for store, hours in report.store_hours.items():
-        t = Table(title=f"{store}: sales by hour", title_justify="left")
-        for col in ("hour", "orders", "revenue"):
-            t.add_column(col)
-        for h in hours:
-            t.add_row(
-                f"{h['hour']:02d}:00", str(h["orders"]), money(h["revenue_cents"], h["currency"])
-            )
-        out.print(t)
-    for store, levels in report.stock.items():
-        t = Table(title=f"{store}: lowest stock", title_justify="left")
-        for col in ("sku", "on hand", "as of"):
-            t.add_column(col)
-        for s in levels:
-            t.add_row(s["sku"], str(s["quantity"]), s["as_of"])
-        out.print(t)
-    for customer, orders in report.customer_orders.items():
-        t = Table(title=f"Orders of {customer}", title_justify="left")
-        for col in ("order", "store", "region", "time", "total", "items"):
-            t.add_column(col)
-        for o in orders:
-            t.add_row(
-                o["order_id"],
-                o["store_id"],
-                o["region"],
-                o["event_time"],
-                money(o["total_cents"], o["currency"]),
-                str(o["items"]),
-            )
-        out.print(t)
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def report_tables(report: Report) -> list[Table]:
+    """Every table of the report, in reading order."""
+    tables = [
+        _table(
+            f"Sales by region, {report.day} (UTC)",
+            ("region", "orders", "revenue", "stores", "busiest store"),
+            (
+                (
+                    r.region,
+                    f"{r.orders:,}",
+                    ", ".join(money(c, cur) for cur, c in sorted(r.revenue_by_currency.items()))
+                    or "-",
+                    str(len(r.stores)),
+                    f"{r.stores[0].store_id} ({r.stores[0].orders} orders)" if r.stores else "-",
+                )
+                for r in report.regions
+            ),
+        )
+    ]
+    tables += [
+        _table(
+            f"Top products in {region}",
+            ("sku", "units", "revenue (minor units)"),
+            ((p.sku, f"{p.units:,}", f"{p.revenue_cents:,}") for p in products),
+        )
+        for region, products in report.top_products.items()
+    ]
+    tables += [
+        _table(
+            f"{store}: sales by hour",
+            ("hour", "orders", "revenue"),
+            (
+                (f"{h['hour']:02d}:00", str(h["orders"]), money(h["revenue_cents"], h["currency"]))
+                for h in hours
+            ),
+        )
+        for store, hours in report.store_hours.items()
+    ]
+    tables += [
+        _table(
+            f"{store}: lowest stock",
+            ("sku", "on hand", "as of"),
+            ((s["sku"], str(s["quantity"]), s["as_of"]) for s in levels),
+        )
+        for store, levels in report.stock.items()
+    ]
+    tables += [
+        _table(
+            f"Orders of {customer}",
+            ("order", "store", "region", "time", "total", "items"),
+            (
+                (
+                    o["order_id"],
+                    o["store_id"],
+                    o["region"],
+                    o["event_time"],
+                    money(o["total_cents"], o["currency"]),
+                    str(o["items"]),
+                )
+                for o in orders
+            ),
+        )
+        for customer, orders in report.customer_orders.items()
+    ]
+    return tables
+
+
+def print_report(report: Report) -> None:
+    for table in report_tables(report):
+        out.print(table)
