@@ -137,15 +137,7 @@ def wait_drained(topology: Topology, topics: Topics, procs: list, timeout: float
 
 
 def peak_rss_mb(procs: list) -> float:
-    peaks = []
-    for p in procs:
-        pid = p.pid()
-        if pid is None:
-            continue
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peaks.append(int(line.split()[1]) / 1024)
-    return max(peaks)
+    return max(mb for p in procs if (mb := p.rss_mb(peak=True)) is not None)
 
 
 def consumer_drain(

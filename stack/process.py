@@ -160,14 +160,16 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
 
-    def rss_mb(self) -> float | None:
-        """Resident memory of the process in MiB (VmRSS), or None if it is not running."""
+    def rss_mb(self, *, peak: bool = False) -> float | None:
+        """Resident memory of the process in MiB, now (VmRSS) or its peak so far (VmHWM);
+        None if it is not running."""
         pid = self.pid()
         if pid is None:
             return None
+        field = "VmHWM:" if peak else "VmRSS:"
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
         except OSError:
             return None

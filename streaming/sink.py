@@ -11,7 +11,6 @@ commits the Kafka offsets after that, never before.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -121,11 +120,9 @@ class CassandraSink:
         events = [e for items in buffer.values() for _, e in items]
         if not events:
             return FlushResult(0, 0, next_offsets)
-        started = time.perf_counter()
         writes = [(self.inserts[name], values) for e in events for name, values in rows_for(e)]
         self._run(writes, "write")
         self._recompute_rollups(events)
-        self.metrics.timing("sink.flush", (time.perf_counter() - started) * 1000)
         return FlushResult(len(events), len(writes), next_offsets, [e.event_time for e in events])
 
     def _run(
