@@ -1,6 +1,7 @@
 """Pipeline benchmark: the same events on the same local stack, four ways, in one run.
 
 1. ceiling   the raw cassandra-driver: the same base rows, concurrent prepared inserts, no Kafka
+             (and, for reference, the same rows in the consumer's single-partition batches)
 2. naive     a consumer that polls one message, inserts synchronously, commits per message
 3. consumer  the project's consumers (one per region, as deployed) draining a backlog
 4. latency   end-to-end latency (event time to row written) at half the consumer's rate,
@@ -38,6 +39,7 @@ from retail.settings import get_settings
 from retail.topology import Topology, profile_topology
 from stack.local import LocalStack
 from streaming.processes import consumer_process
+from streaming.sink import partition_batches
 
 TARGETS = {
     "consumer_vs_ceiling": 0.85,
@@ -62,10 +64,13 @@ def fresh_topics(topology: Topology) -> Topics:
     return topics
 
 
-def ceiling(session, events: list[Event], concurrency: int) -> float:
-    """Events per second when the driver writes the base rows directly."""
+def ceiling(session, events: list[Event], concurrency: int, batch_rows: int = 0) -> float:
+    """Events per second when the driver writes the base rows directly: one prepared insert
+    per row, or (``batch_rows`` > 0) the consumer's single-partition batches."""
     prepared = {name: session.prepare(cql) for name, cql in INSERTS.items()}
     statements = [(prepared[name], values) for e in events for name, values in rows_for(e)]
+    if batch_rows:
+        statements = [(b, ()) for b in partition_batches(statements, batch_rows)]
     started = time.perf_counter()
     for ok, result in execute_concurrent(
         session, statements, concurrency=concurrency, raise_on_first_error=False
@@ -196,6 +201,9 @@ def main() -> int:
     parser.add_argument("--latency-events", type=int, default=10_000)
     parser.add_argument("--naive-seconds", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument(
+        "--batch-rows", type=int, default=32, help="rows per batch in the batched reference"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -213,9 +221,14 @@ def main() -> int:
     rows = sum(len(rows_for(e)) for e in events)
     log(f"{len(events)} events ({rows} base rows), {len(topology.nodes)} Cassandra nodes")
 
+    log("warming up Cassandra (JIT, caches) with a quarter of the events, untimed")
+    ceiling(session, events[: len(events) // 4], args.concurrency)
     truncate(session)
     log("1/4 ceiling: raw driver, concurrent prepared inserts")
     ceiling_eps = ceiling(session, events, args.concurrency)
+    truncate(session)
+    log("    for reference: the same rows in the consumer's single-partition batches")
+    batched_eps = ceiling(session, events, args.concurrency, batch_rows=args.batch_rows)
     log("2/4 naive consumer")
     truncate(session)
     topics = fresh_topics(topology)
@@ -267,6 +280,7 @@ def main() -> int:
     )
     print(f"{'':28}{'events/s':>12}")
     print(f"{'ceiling (raw driver)':28}{ceiling_eps:>12,.0f}")
+    print(f"{'  same, partition batches':28}{batched_eps:>12,.0f}")
     print(f"{'naive consumer':28}{naive_eps:>12,.0f}")
     print(f"{'project consumers (3)':28}{consumer_eps:>12,.0f}")
     print(

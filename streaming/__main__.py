@@ -37,6 +37,9 @@ def main(
     consistency: Annotated[str, typer.Option(help="Write consistency level.")] = "LOCAL_QUORUM",
     batch_size: Annotated[int, typer.Option(help="Messages per poll.")] = 2000,
     in_flight: Annotated[int, typer.Option(help="Concurrent Cassandra writes at most.")] = 128,
+    batch_rows: Annotated[
+        int, typer.Option(help="Rows of one partition per unlogged batch (1 = no batches).")
+    ] = 32,
     group: Annotated[
         str | None, typer.Option(help="Consumer group (default retail-REGION).")
     ] = None,
@@ -82,7 +85,9 @@ def main(
             "logger": logging.getLogger("streaming.kafka"),
         }
     )
-    sink = CassandraSink(session, metrics, local_dc=dc.name, concurrency=in_flight)
+    sink = CassandraSink(
+        session, metrics, local_dc=dc.name, concurrency=in_flight, batch_rows=batch_rows
+    )
     cfg = ConsumerConfig(
         region=region,
         batch_size=batch_size,

@@ -3,9 +3,11 @@ clears the buffer, and a typed :class:`SinkBackpressureError` tells the poll loo
 seek back and retry later (the quix-streams sink contract, written for Cassandra).
 
 A flush writes every base row of the buffer concurrently (prepared, idempotent statements, a
-bounded number in flight), then recomputes the rollup buckets the buffer touched from those base
-rows. It returns only when all of it is acknowledged at the configured consistency: the caller
-commits the Kafka offsets after that, never before.
+bounded number in flight), rows of one partition grouped into small unlogged batches: Cassandra
+applies a single-partition batch as one mutation, so a store's day costs one request per
+``batch_rows`` rows instead of one per row. Then it recomputes the rollup buckets the buffer
+touched from those base rows. It returns only when all of it is acknowledged at the configured
+consistency: the caller commits the Kafka offsets after that, never before.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import UTC, date, datetime
 from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
 
 from retail.errors import RetailError
 from retail.events import Event, InventoryMovement, Order
@@ -65,6 +67,34 @@ class FlushResult:
     rows: int
     next_offsets: dict[tuple[str, int], int]
     event_times: list[datetime] = field(default_factory=list)
+    # When the base rows were acknowledged: the events are readable from then on (the rollups
+    # are recomputed right after, before the flush returns).
+    written_at: datetime | None = None
+
+
+def partition_batches(
+    rows: Sequence[tuple[PreparedStatement, Sequence[object]]], batch_rows: int
+) -> list[Statement]:
+    """Group rows by table and partition key into unlogged batches of at most ``batch_rows``
+    rows. One partition per batch: no coordinator fans a batch out over replicas, and
+    token-aware routing still sends it straight to a replica."""
+    groups: dict[tuple[object, ...], list[tuple[PreparedStatement, Sequence[object]]]] = {}
+    for stmt, values in rows:
+        key = (stmt.query_id, *(values[i] for i in stmt.routing_key_indexes))
+        groups.setdefault(key, []).append((stmt, values))
+    batches: list[Statement] = []
+    for group in groups.values():
+        for start in range(0, len(group), batch_rows):
+            chunk = group[start : start + batch_rows]
+            if len(chunk) == 1:
+                batches.append(chunk[0][0].bind(chunk[0][1]))
+                continue
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for stmt, values in chunk:
+                batch.add(stmt, values)
+            batch.is_idempotent = True
+            batches.append(batch)
+    return batches
 
 
 class CassandraSink:
@@ -77,12 +107,14 @@ class CassandraSink:
         *,
         local_dc: str,
         concurrency: int = 128,
+        batch_rows: int = 32,
         retry_after: float = 1.0,
     ) -> None:
         self.session = session
         self.local_dc = local_dc
         self.metrics = metrics
         self.concurrency = concurrency
+        self.batch_rows = batch_rows
         self.retry_after = retry_after
         # Prepared once: no query parsing on the hot path, and token-aware routing needs the
         # partition key positions that only a prepared statement carries.
@@ -120,10 +152,13 @@ class CassandraSink:
         events = [e for items in buffer.values() for _, e in items]
         if not events:
             return FlushResult(0, 0, next_offsets)
-        writes = [(self.inserts[name], values) for e in events for name, values in rows_for(e)]
-        self._run(writes, "write")
+        rows = [(self.inserts[name], values) for e in events for name, values in rows_for(e)]
+        self._run([(b, ()) for b in partition_batches(rows, self.batch_rows)], "write")
+        written_at = datetime.now(UTC)
         self._recompute_rollups(events)
-        return FlushResult(len(events), len(writes), next_offsets, [e.event_time for e in events])
+        return FlushResult(
+            len(events), len(rows), next_offsets, [e.event_time for e in events], written_at
+        )
 
     def _run(
         self, statements: Sequence[tuple[PreparedStatement, Sequence[object]]], what: str
@@ -219,4 +254,5 @@ class CassandraSink:
             level, as_of = stock_level((r.event_time, r.event_id, r.kind, r.quantity) for r in rows)
             writes.append((q["write_stock"], (store_id, sku, level, as_of or datetime.now(UTC))))
         if writes:
-            self._run(writes, "rollup write")
+            batches = partition_batches(writes, self.batch_rows)
+            self._run([(b, ()) for b in batches], "rollup write")

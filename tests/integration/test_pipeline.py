@@ -12,14 +12,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cassandra.query import BatchStatement
 
 from retail import migrations
 from retail.cassandra import connect
 from retail.events import InventoryMovement, Order, encode
 from retail.generator import StreamGenerator
 from retail.producer import records_from_jsonl
+from retail.rows import INSERTS, rows_for
 from retail.topology import Topology
 from stack.local import LocalStack
+from streaming.sink import partition_batches
 from tests.integration.pipeline import PipelineRun
 
 
@@ -177,3 +180,31 @@ def test_local_dc_down_pauses_without_commit_and_every_event_lands_after(
     assert got == sorted(o.order_id for o in eu_orders)
     inv = run.session.execute("SELECT count(*) FROM retail.inventory_by_store_day").one().count
     assert inv == len(eu_moves)
+
+
+def test_partition_batches_hold_one_partition_each_and_every_row_once(schema: object) -> None:
+    session = schema
+    prepared = {n: session.prepare(cql) for n, cql in INSERTS.items()}  # type: ignore[attr-defined]
+    by_id = {stmt.query_id: stmt for stmt in prepared.values()}
+    gen = StreamGenerator(seed=11, stores_per_region=2, start=datetime.now(UTC))
+    rows = [(prepared[name], values) for e in gen.events(600) for name, values in rows_for(e)]
+    batches = partition_batches(rows, batch_rows=8)
+
+    seen = []
+    for b in batches:
+        if not isinstance(b, BatchStatement):
+            seen.append((b.prepared_statement.query_id, tuple(b.values)))
+            continue
+        # (is_prepared, query id, serialized values) per statement of the batch
+        members = [(qid, tuple(values)) for _, qid, values in b._statements_and_parameters]
+        assert 2 <= len(members) <= 8
+        partitions = {
+            (qid, tuple(values[i] for i in by_id[qid].routing_key_indexes))
+            for qid, values in members
+        }
+        assert len(partitions) == 1, "a batch spans partitions"
+        assert b.routing_key is not None  # token-aware routing still applies
+        seen += members
+    bound = [(stmt.query_id, tuple(stmt.bind(values).values)) for stmt, values in rows]
+    assert sorted(seen, key=repr) == sorted(bound, key=repr)
+    assert len(batches) < len(rows) / 2  # a store's day and a region's day do share partitions
