@@ -31,8 +31,8 @@ demo: setup  ## the main job: three-DC stack, migrations, consumers, an event st
 
 test: setup lint compose-check test-unit test-integration  ## everything CI runs
 
-test-unit: $(VENV)/.installed  ## unit tests, no services
-	$(BIN)/pytest tests/unit -q
+test-unit: $(VENV)/.installed  ## unit tests and DAG integrity tests, no services
+	$(BIN)/pytest tests/unit tests/dags -q
 
 test-integration: setup  ## integration tests on the real local stack (started once, stopped after)
 	$(BIN)/pytest tests/integration -q

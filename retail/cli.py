@@ -132,6 +132,20 @@ def migrate(
     console.print(report.summary())
 
 
+@app.command("airflow-env")
+def airflow_env() -> None:
+    """Print the environment a local Airflow needs for the running stack (AIRFLOW_HOME, the
+    repo's dags/ and plugins/, StatsD metrics, and the retail_cassandra, retail_kafka and
+    retail_statsd connections), as shell exports: eval "$(retail airflow-env)"."""
+    import shlex
+
+    from retail.connections import airflow_environment
+    from retail.topology import current_topology
+
+    for key, value in airflow_environment(current_topology()).items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
 @app.command()
 def topics() -> None:
     """Create the event topics and the dead-letter topic if they are missing."""

@@ -1,0 +1,1 @@
+"""Operators for the platform's operations, one module per area."""

@@ -1,0 +1,92 @@
+"""The Airflow connections that point the DAGs at a platform, built from its topology.
+
+DAGs never read endpoints from code: they use three Airflow connections, which locally come
+from ``AIRFLOW_CONN_*`` environment variables (``retail airflow-env`` prints them for the
+running stack) and in a deployment from Airflow's connection store or a secrets backend.
+
+- ``retail_cassandra``: contact points and port, credentials, and in ``extra`` the local DC the
+  DAGs coordinate from and the cluster's topology (DCs, nodes, their JMX/Jolokia endpoints): the
+  desired state that replication and ring checks compare the live cluster against.
+- ``retail_kafka``: ``extra`` is the librdkafka config (``bootstrap.servers``), the format of
+  Airflow's Kafka provider.
+- ``retail_statsd``: host and port of the StatsD server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from retail.settings import Settings, get_settings
+from retail.topology import Topology
+
+CASSANDRA_CONN_ID = "retail_cassandra"
+KAFKA_CONN_ID = "retail_kafka"
+STATSD_CONN_ID = "retail_statsd"
+
+
+def connections(topology: Topology, settings: Settings | None = None) -> dict[str, dict[str, Any]]:
+    """Connection id -> Airflow's JSON connection form, for ``topology``."""
+    settings = settings or get_settings()
+    home = topology.datacenters[0]
+    cassandra: dict[str, Any] = {
+        "conn_type": "cassandra",
+        "host": ",".join(home.contact_points),
+        "port": home.nodes[0].cql_port,
+        "extra": {"local_dc": home.name, "topology": json.loads(topology.to_json())},
+    }
+    if settings.cassandra_username and settings.cassandra_password:
+        cassandra["login"] = settings.cassandra_username
+        cassandra["password"] = settings.cassandra_password.get_secret_value()
+    return {
+        CASSANDRA_CONN_ID: cassandra,
+        KAFKA_CONN_ID: {
+            "conn_type": "kafka",
+            "extra": {"bootstrap.servers": topology.bootstrap_servers},
+        },
+        STATSD_CONN_ID: {
+            "conn_type": "generic",
+            "host": topology.statsd.host,
+            "port": topology.statsd.port,
+        },
+    }
+
+
+def environment(topology: Topology, settings: Settings | None = None) -> dict[str, str]:
+    """``AIRFLOW_CONN_<ID>`` variables for ``topology``."""
+    return {
+        f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)
+        for conn_id, conn in connections(topology, settings).items()
+    }
+
+
+def topology_from_extra(extra: dict[str, Any]) -> Topology:
+    """The topology carried by a ``retail_cassandra`` connection's extra."""
+    if "topology" not in extra:
+        raise ValueError(
+            f"connection {CASSANDRA_CONN_ID} has no 'topology' in its extra; "
+            "generate it with `retail airflow-env`"
+        )
+    raw = extra["topology"]
+    return Topology.from_json(raw if isinstance(raw, str) else json.dumps(raw))
+
+
+def airflow_environment(topology: Topology, settings: Settings | None = None) -> dict[str, str]:
+    """Everything a local Airflow needs to run the platform's DAGs against ``topology``: its home
+    in the state dir, the repo's dags/ and plugins/, StatsD metrics to the stack's exporter, and
+    the connections."""
+    from retail.settings import PROJECT_ROOT
+
+    settings = settings or get_settings()
+    env = {
+        "AIRFLOW_HOME": str(settings.state_dir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": topology.statsd.host,
+        "AIRFLOW__METRICS__STATSD_PORT": str(topology.statsd.port),
+        "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+    }
+    env.update(environment(topology, settings))
+    return env
