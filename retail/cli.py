@@ -250,6 +250,42 @@ def report(
         print_report(result)
 
 
+@app.command()
+def health(
+    prometheus: Annotated[
+        str | None,
+        typer.Option(help="Prometheus URL (default: the current topology's, port 9090)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """The platform on one screen, from Prometheus: alerts firing, Cassandra nodes and scrape
+    targets down, events written per region, consumer lag, dead letters. Exits 1 when something
+    is wrong or Prometheus cannot be asked."""
+    import json
+
+    from rich.table import Table
+
+    from retail.health import collect
+    from retail.topology import current_topology
+
+    report = collect(prometheus or current_topology().prometheus.url)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        table = Table(title=f"retail health ({report.prometheus})", show_lines=False)
+        for column in ("check", "state", "summary"):
+            table.add_column(column)
+        for check in report.checks:
+            state = "[green]ok[/]" if check.ok else "[bold red]PROBLEM[/]"
+            details = "".join(f"\n  {d}" for d in check.details)
+            table.add_row(check.name, state, check.summary + details)
+        Console().print(table)
+        verdict = "all good" if report.ok else "something is wrong: see the PROBLEM lines"
+        console.print(verdict, style="green" if report.ok else "bold red")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning the platform's errors into a clear message."""
     _register()
