@@ -139,6 +139,29 @@ def down(
     )
 
 
+@app.command()
+def airflow(
+    stop: Annotated[bool, typer.Option("--stop", help="Stop Airflow's servers.")] = False,
+) -> None:
+    """Start Airflow's API server (UI and REST API), scheduler and DAG processor next to the
+    running stack, with the repo's DAGs and the stack's connections; prints the login."""
+    from stack.airflow import AirflowServers
+
+    stack = LocalStack()
+    servers = AirflowServers(stack.topology(), stack.dir)
+    if stop:
+        stopped = servers.down()
+        console.print(f"stopped {', '.join(stopped) or 'nothing (not running)'}")
+        return
+    with console.status("starting Airflow (db migrate, api-server, scheduler, dag-processor)"):
+        servers.up()
+    console.print(
+        f"[green]Airflow ready[/] at {servers.url}  user [bold]admin[/], password "
+        f"[bold]{servers.password()}[/] (from {servers.passwords_file}); "
+        "`retail stack down` stops it with the rest"
+    )
+
+
 def _fmt_bytes(n: float | None) -> str:
     if n is None:
         return "?"

@@ -21,6 +21,7 @@ import httpx
 from retail.settings import Settings, get_settings
 from retail.topology import CassandraNode, KafkaBroker, Topology
 from stack import cassandra, kafka, monitoring
+from stack.airflow import AirflowServers
 from stack.errors import ComponentError, StackError
 from stack.fetch import Artifacts, fetch_all
 from stack.process import ManagedProcess
@@ -193,7 +194,11 @@ class LocalStack:
         ]
         homes += [(b.name, "kafka", kafka.broker_home(self.dir, b)) for b in topology.brokers]
         homes += [(n.name, "cassandra", cassandra.node_home(self.dir, n)) for n in topology.nodes]
-        return [(name, kind, ManagedProcess(name, [], home)) for name, kind, home in homes]
+        handles = [(name, kind, ManagedProcess(name, [], home)) for name, kind, home in homes]
+        # Airflow's servers, when `retail stack airflow` started them.
+        return handles + [
+            (p.name, "airflow", p) for p in AirflowServers(topology, self.dir).processes()
+        ]
 
     @staticmethod
     def _kafka_probe(topology: Topology, broker: KafkaBroker) -> Probe:
@@ -350,14 +355,16 @@ class LocalStack:
     def down(self, *, purge: bool = False) -> list[str]:
         """Stop every process the stack started; returns what was stopped.
 
-        Tier by tier (Cassandra, then Kafka, then monitoring), each tier at once: a node drains
-        its memtables on SIGTERM, which takes seconds, and six nodes need not take it in turn.
+        Tier by tier (Airflow, Cassandra, then Kafka, then monitoring), each tier at once: a
+        node drains its memtables on SIGTERM, which takes seconds, and six nodes need not take
+        it in turn.
         """
         topo = self.saved_topology()
         stopped: list[str] = []
         if topo is not None:
             handles = self._handles(topo)
             for tier in (
+                ("airflow",),
                 ("cassandra",),
                 ("kafka",),
                 ("prometheus", "alertmanager", "statsd_exporter"),

@@ -1,0 +1,140 @@
+"""Airflow's servers next to the local stack: the API server (UI and REST API), the scheduler and
+the DAG processor, as plain processes with their home in the stack dir (SQLite metadata DB).
+
+They run the repo's dags/ and plugins/ with the connections of the running stack and send
+Airflow's own metrics to the stack's StatsD. Login: user ``admin``, password generated on first
+start into ``<stack dir>/airflow/home/passwords.json`` (``retail stack airflow`` prints it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from retail.connections import airflow_environment
+from retail.errors import RetailError
+from retail.settings import Settings, get_settings
+from retail.topology import Topology
+from stack.process import ManagedProcess
+
+API_HOST = "127.0.0.1"
+API_PORT = 8080
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
+USER = "admin"
+
+
+class AirflowError(RetailError):
+    """Airflow's servers did not start or answer."""
+
+
+def airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+class AirflowServers:
+    """Start, reach and stop the local Airflow servers."""
+
+    def __init__(
+        self, topology: Topology, stack_dir: Path, settings: Settings | None = None
+    ) -> None:
+        self.dir = stack_dir / "airflow"
+        self.home = self.dir / "home"
+        self.url = f"http://{API_HOST}:{API_PORT}"
+        self.env = {
+            **airflow_environment(topology, settings or get_settings()),
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__API__HOST": API_HOST,
+            "AIRFLOW__API__PORT": str(API_PORT),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Four task slots, not the default 32 pre-forked workers: a 2-core machine.
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        }
+
+    @property
+    def passwords_file(self) -> Path:
+        return self.home / "passwords.json"
+
+    def processes(self) -> list[ManagedProcess]:
+        return [
+            ManagedProcess(
+                name=f"airflow-{c}", argv=[airflow_bin(), c], home=self.dir / c, env=self.env
+            )
+            for c in COMPONENTS
+        ]
+
+    def password(self) -> str:
+        return json.loads(self.passwords_file.read_text())[USER]
+
+    def up(self, timeout: float = 180.0) -> None:
+        """Migrate the metadata DB, start the servers and wait until the API says every
+        component is healthy."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.passwords_file.exists():
+            self.passwords_file.write_text(json.dumps({USER: secrets.token_urlsafe(12)}))
+            self.passwords_file.chmod(0o600)
+        migrate = subprocess.run(
+            [airflow_bin(), "db", "migrate"],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if migrate.returncode != 0:
+            raise AirflowError(f"`airflow db migrate` failed:\n{migrate.stderr[-2000:]}")
+        for proc in self.processes():
+            proc.start()
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            for proc in self.processes():
+                if not proc.alive():
+                    raise AirflowError(f"{proc.name} exited during start:\n{proc.tail(30)}")
+            try:
+                health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=3).json()
+                unhealthy = [
+                    name
+                    for name in ("metadatabase", "scheduler", "dag_processor")
+                    if (health.get(name) or {}).get("status") != "healthy"
+                ]
+                if not unhealthy:
+                    return
+                last = f"not healthy yet: {', '.join(unhealthy)}"
+            except (httpx.HTTPError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(1.0)
+        raise AirflowError(f"Airflow not healthy after {timeout:.0f}s ({last}); see {self.dir}")
+
+    def down(self) -> list[str]:
+        procs = [p for p in self.processes() if p.terminate()]
+        for proc in procs:
+            proc.wait_stopped(30.0)
+        return [p.name for p in procs]
+
+    def client(self) -> httpx.Client:
+        """An HTTP client for the REST API, logged in as the admin user."""
+        token = httpx.post(
+            f"{self.url}/auth/token",
+            json={"username": USER, "password": self.password()},
+            timeout=10,
+        )
+        token.raise_for_status()
+        return httpx.Client(
+            base_url=f"{self.url}/api/v2",
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            timeout=30,
+        )
