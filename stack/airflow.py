@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -138,3 +139,47 @@ class AirflowServers:
             headers={"Authorization": f"Bearer {token.json()['access_token']}"},
             timeout=30,
         )
+
+
+def wait_for_dag(api: httpx.Client, dag_id: str, timeout: float = 120.0) -> dict:
+    """The DAG as the API shows it, once the DAG processor has parsed it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = api.get(f"/dags/{dag_id}")
+        if resp.status_code == 200:
+            return resp.json()
+        time.sleep(1.0)
+    errors = api.get("/importErrors").json().get("import_errors")
+    raise AirflowError(f"DAG {dag_id} not parsed within {timeout:.0f}s; import errors: {errors}")
+
+
+def trigger(api: httpx.Client, dag_id: str, conf: dict) -> str:
+    """Unpause ``dag_id`` and trigger a run with ``conf`` as the UI's form does; returns the run
+    id. Raises with Airflow's message when the params are refused."""
+    wait_for_dag(api, dag_id)
+    api.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+    resp = api.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+    if resp.status_code != 200:
+        raise AirflowError(f"trigger of {dag_id} refused ({resp.status_code}): {resp.text}")
+    return resp.json()["dag_run_id"]
+
+
+def wait_for_run(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 300.0) -> dict:
+    """The run once it has finished (success or failed)."""
+    deadline = time.monotonic() + timeout
+    run: dict = {}
+    while time.monotonic() < deadline:
+        run = api.get(f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}").json()
+        if run.get("state") in ("success", "failed"):
+            return run
+        time.sleep(1.0)
+    raise AirflowError(f"run {run_id} of {dag_id} still {run.get('state')} after {timeout:.0f}s")
+
+
+def task_result(api: httpx.Client, dag_id: str, run_id: str, task_id: str) -> object:
+    """What ``task_id`` returned in the run (its XCom), or None."""
+    resp = api.get(
+        f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+        "/xcomEntries/return_value"
+    )
+    return resp.json().get("value") if resp.status_code == 200 else None

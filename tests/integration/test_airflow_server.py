@@ -3,16 +3,14 @@ a trigger through the REST API with params, the way the UI's trigger form sends 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import httpx
 import pytest
 
 from retail import migrations
 from retail.cassandra import connect
-from stack.airflow import AirflowServers
+from stack.airflow import AirflowServers, task_result, trigger, wait_for_dag, wait_for_run
 from stack.local import LocalStack
 
 
@@ -32,47 +30,15 @@ def api(local_stack: LocalStack) -> Iterator[httpx.Client]:
         servers.down()
 
 
-def wait_for_dag(api: httpx.Client, dag_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        resp = api.get(f"/dags/{dag_id}")
-        if resp.status_code == 200:
-            return resp.json()
-        time.sleep(1.0)
-    errors = api.get("/importErrors").json()
-    raise AssertionError(f"{dag_id} not parsed within {timeout:.0f}s; import errors: {errors}")
-
-
-def wait_for_run(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    run: dict = {}
-    while time.monotonic() < deadline:
-        run = api.get(f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}").json()
-        if run["state"] in ("success", "failed"):
-            return run
-        time.sleep(1.0)
-    raise AssertionError(f"run {run_id} still {run.get('state')} after {timeout:.0f}s")
-
-
 def test_a_trigger_with_params_runs_through_the_scheduler_to_success(api: httpx.Client) -> None:
-    wait_for_dag(api, "schema_migrations")
-    assert api.patch("/dags/schema_migrations", json={"is_paused": False}).status_code == 200
-    resp = api.post(
-        "/dags/schema_migrations/dagRuns", json={"logical_date": None, "conf": {"dry_run": True}}
-    )
-    assert resp.status_code == 200, resp.text
-    run_id = resp.json()["dag_run_id"]
-
-    run = wait_for_run(api, "schema_migrations", run_id)
+    run_id = trigger(api, "schema_migrations", {"dry_run": True})
+    run = wait_for_run(api, "schema_migrations", run_id, timeout=180)
     assert run["state"] == "success"
     assert run["conf"] == {"dry_run": True}
-    xcom = api.get(
-        f"/dags/schema_migrations/dagRuns/{quote(run_id, safe='')}/taskInstances/"
-        "apply_migrations/xcomEntries/return_value"
-    )
-    assert xcom.status_code == 200, xcom.text
-    assert xcom.json()["value"]["dry_run"] is True
-    assert xcom.json()["value"]["pending"] == []
+    result = task_result(api, "schema_migrations", run_id, "apply_migrations")
+    assert isinstance(result, dict)
+    assert result["dry_run"] is True
+    assert result["pending"] == []
 
 
 def test_invalid_params_are_refused_with_a_message_naming_the_param(api: httpx.Client) -> None:
