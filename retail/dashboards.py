@@ -532,7 +532,8 @@ def retail() -> object:
     b = _Board(
         "Retail / Business",
         "retail-business",
-        "Orders and inventory movements per region per minute, as the pipeline writes them.",
+        "Orders, revenue and inventory movements per region per minute, as the pipeline "
+        "writes them.",
     )
     orders = 'retail_consumer_events_total{topic="orders", outcome="written"}'
     b.row("Orders")
@@ -553,6 +554,17 @@ def retail() -> object:
         "Orders per minute, by region",
         "Orders written to Cassandra per region.",
         [(f"sum by (region) (rate({orders}[1m])) * 60", "{{region}}")],
+    )
+    b.series(
+        "Revenue per minute, by region and currency",
+        "Order totals written to Cassandra, in each currency's minor units (cents; whole yen "
+        "for JPY), never added up across currencies.",
+        [
+            (
+                "sum by (region, currency) (rate(retail_consumer_revenue_cents_total[1m])) * 60",
+                "{{region}} {{currency}}",
+            )
+        ],
     )
     b.series(
         "Inventory movements per minute, by region",

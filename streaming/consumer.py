@@ -26,7 +26,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from retail.events import Event, InvalidEvent, decode
+from retail.events import Event, InvalidEvent, Order, decode
 from retail.kafka import Topics
 from retail.metrics import Metrics
 from streaming.sink import CassandraSink, SinkBackpressureError
@@ -196,6 +196,12 @@ class RegionalConsumer:
             consumed[topic] += n
         for topic, n in consumed.items():
             self.metrics.incr(f"{self.m}.{Topics.short(topic)}.consumed", n)
+        revenue: Counter[str] = Counter()
+        for _, _, _, event in batch.events:
+            if isinstance(event, Order):
+                revenue[event.currency] += event.total_cents
+        for currency, cents in revenue.items():
+            self.metrics.incr(f"{self.m}.revenue.{currency}", cents)
         self.metrics.gauge(f"{self.m}.batch_size", len(batch.events))
         if event_times:
             self.metrics.timing(f"{self.m}.write_latency", write_ms)
@@ -238,6 +244,7 @@ class RegionalConsumer:
                         return False
                     if deadline is None and stop.is_set():
                         return False  # the caller drains with a deadline
+                    self._report_lag()  # lag keeps growing while we wait: show it
                     self._wait(delay, stop if deadline is None else None)
                     delay = min(delay * 2, self.cfg.backoff_max)
             return True
