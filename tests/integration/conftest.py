@@ -48,12 +48,19 @@ def status_json() -> tuple[int, dict]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tests that stop the whole stack run after all the others.
-    items.sort(key=lambda item: item.get_closest_marker("stops_stack") is not None)
+    # Checks of the whole platform's metrics run after the tests that produce them (the DAGs,
+    # the pipeline); tests that stop the whole stack run after everything.
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("stops_stack") is not None,
+            item.get_closest_marker("late") is not None,
+        )
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "stops_stack: stops the shared stack; runs last")
+    config.addinivalue_line("markers", "late: needs the metrics of the other tests; runs late")
 
 
 @pytest.fixture(scope="session")
