@@ -37,19 +37,65 @@ def _register() -> None:
     app.add_typer(stack_app, name="stack")
 
 
+# What the demo runs after the stream, with the params a person would pick in the UI.
+DEMO_OPERATIONS: list[tuple[str, dict]] = [
+    ("pipeline_audit", {}),
+    ("balance_check", {}),
+    ("materialized_view_rebuild", {}),
+    ("replication_repair", {}),
+]
+
+
+def _run_dags(api: object, runs: list[tuple[str, dict]]) -> None:
+    """Trigger DAG runs through the REST API (as the UI does), wait for them, and print their
+    outcome; fails if any failed."""
+    import json
+    from datetime import datetime
+
+    from rich.table import Table
+
+    from stack.airflow import trigger, wait_for_run
+
+    started = []
+    for dag_id, conf in runs:
+        started.append((dag_id, trigger(api, dag_id, conf)))  # type: ignore[arg-type]
+        console.print(f"triggered {dag_id} {json.dumps(conf)}")
+    table = Table("DAG", "run", "state", "seconds")
+    failed = []
+    with console.status("waiting for the DAG runs"):
+        for dag_id, run_id in started:
+            run = wait_for_run(api, dag_id, run_id, timeout=900)  # type: ignore[arg-type]
+            took = "?"
+            if run.get("start_date") and run.get("end_date"):
+                end = datetime.fromisoformat(run["end_date"])
+                took = f"{(end - datetime.fromisoformat(run['start_date'])).total_seconds():.1f}"
+            state = run["state"]
+            colour = "green" if state == "success" else "red"
+            table.add_row(dag_id, run_id, f"[{colour}]{state}[/]", took)
+            if state != "success":
+                failed.append(dag_id)
+    console.print(table)
+    if failed:
+        raise RetailError(
+            f"DAG runs failed: {', '.join(failed)}; their task logs are in the Airflow UI"
+        )
+
+
 @app.command()
 def demo(
     profile: Annotated[str, typer.Option("--profile", "-p")] = "demo",
     duration: Annotated[float, typer.Option(help="Seconds of events to stream.")] = 30.0,
     rate: Annotated[float, typer.Option(help="Events per second.")] = 1000.0,
 ) -> None:
-    """The platform's main job, end to end: the three-DC stack up, the schema migrated, a
-    consumer per region, a realistic stream of events, then the retail report."""
+    """The platform's main job, end to end: the three-DC stack and Airflow up, the schema
+    migrated by its DAG, a consumer per region, a realistic stream of events, the retail
+    report, then the audit, balance, view and repair DAGs through Airflow's REST API."""
     import time
 
     from retail.kafka import Topics, ensure_topics, group_lag
     from retail.topology import current_topology
     from stack import cli as stack_cli
+    from stack.airflow import AirflowServers
     from stack.local import LocalStack
     from stack.status import collect
     from streaming.processes import consumer_process
@@ -57,8 +103,13 @@ def demo(
     console.rule("1. the local stack")
     stack_cli.up(profile=profile, nodes_per_dc=None, brokers=None, fresh=False, timeout=900.0)
     stack_cli.print_status(collect(LocalStack()))
-    console.rule("2. schema migrations")
-    migrate(dry_run=False, dc=None)
+    console.rule("2. Airflow, and the schema through the schema_migrations DAG")
+    stack = LocalStack()
+    servers = AirflowServers(stack.topology(), stack.dir)
+    with console.status("starting Airflow (api-server, scheduler, dag-processor)"):
+        servers.up()
+    api = servers.client()
+    _run_dags(api, [("schema_migrations", {"dry_run": False})])
     topology = current_topology()
     topics_ = Topics.from_settings()
     ensure_topics(topology, topics_)
@@ -90,9 +141,14 @@ def demo(
             proc.stop(timeout=90)  # SIGTERM: each drains its last batch and commits
     console.rule("5. the retail report")
     report(day=None, region=None, store=None, customer=None, top=5, as_json=False)
+    console.rule("6. operations: the audit, balance, view and repair DAGs")
+    _run_dags(api, DEMO_OPERATIONS)
     console.print(
         Panel.fit(
+            f"Airflow UI: {servers.url}  (user admin, password {servers.password()})\n"
+            f"Prometheus: {topology.prometheus.url}   Alertmanager: {topology.alertmanager.url}\n"
             "The stack keeps running; the consumers have drained and stopped.\n"
+            "  retail health                   alerts, throughput, lag, nodes down\n"
             "  retail stack status             nodes and services\n"
             "  retail produce --duration 60    more events (then python -m streaming --region R)\n"
             "  retail report --customer ID     a customer's orders\n"
