@@ -1,0 +1,232 @@
+"""The materialized_view_rebuild DAG against the live cluster: a consistent view and exact
+rollups are left alone; a corrupted rollup and a dropped view are rebuilt."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cassandra.cluster import Cluster, Session
+
+from retail import migrations
+from retail.cassandra import connect
+from retail.catalog import catalog
+from retail.events import Event, InventoryMovement, Order
+from retail.generator import StreamGenerator
+from retail.metrics import MemoryMetrics
+from retail.rows import TABLES, stock_level
+from retail.topology import Topology
+from streaming.sink import CassandraSink
+from tests.integration.airflow import prepare_airflow, run_dag, task_states, xcom
+
+VIEW = catalog().view("orders_by_customer")
+N = 400
+
+
+def _truncate(session: Session) -> None:
+    for table in TABLES:
+        session.execute(f"TRUNCATE retail.{table}", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def db(topology: Topology) -> Iterator[tuple[Cluster, Session]]:
+    prepare_airflow(topology)
+    # ALL: the test's own writes and checks see every replica, so nothing waits on replication.
+    cluster, session = connect(topology, topology.datacenters[0].name, consistency_level="ALL")
+    migrations.migrate(cluster, session, topology)
+    _truncate(session)
+    yield cluster, session
+    _ensure_view(cluster, session)  # whatever happened, leave the schema as the migrations say
+    _truncate(session)
+    cluster.shutdown()
+
+
+def _ensure_view(cluster: Cluster, session: Session) -> None:
+    cluster.refresh_schema_metadata()
+    if VIEW.name not in cluster.metadata.keyspaces["retail"].views:
+        session.execute(VIEW.ddl.strip().rstrip(";"), timeout=120)
+        assert cluster.control_connection.wait_for_schema_agreement(wait_time=120)
+
+
+@pytest.fixture(scope="module")
+def events(db: tuple[Cluster, Session], topology: Topology) -> list[Event]:
+    """A few hundred events of the last half hour, written through the consumer's sink."""
+    _, session = db
+    gen = StreamGenerator(
+        seed=23,
+        stores_per_region=3,
+        skus=25,
+        customers_per_region=15,
+        start=datetime.now(UTC) - timedelta(minutes=30),
+        events_per_second=2,
+    )
+    evs = list(gen.events(N))
+    sink = CassandraSink(session, MemoryMetrics(), local_dc=topology.datacenters[0].name)
+    for start in range(0, N, 100):  # a few flushes, as the consumer does per poll
+        for offset, e in enumerate(evs[start : start + 100], start=start):
+            sink.add("orders", 0, offset, e)
+        sink.flush()
+    return evs
+
+
+def expected_rollups(evs: list[Event]) -> dict[str, dict[tuple, tuple]]:
+    """The rollups recomputed here from the events themselves."""
+    hours: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    days: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    moves: dict[tuple, list] = defaultdict(list)
+    for e in evs:
+        if isinstance(e, Order):
+            t = e.event_time.astimezone(UTC)
+            for bucket in (hours[(e.store_id, t.date(), t.hour)], days[(e.store_id, t.date())]):
+                bucket[0] += 1
+                bucket[1] += e.total_cents
+        elif isinstance(e, InventoryMovement):
+            moves[(e.store_id, e.sku)].append((e.event_time, e.event_id, e.kind, e.quantity))
+    return {
+        "sales_by_store_hour": {k: tuple(v) for k, v in hours.items()},
+        "sales_by_region_day": {k: tuple(v) for k, v in days.items()},
+        "stock_by_store": {k: (stock_level(v)[0],) for k, v in moves.items()},
+    }
+
+
+def stored_rollups(session: Session) -> dict[str, dict[tuple, tuple]]:
+    return {
+        "sales_by_store_hour": {
+            (r.store_id, r.day.date(), r.hour): (r.order_count, r.revenue_cents)
+            for r in session.execute("SELECT * FROM retail.sales_by_store_hour")
+        },
+        "sales_by_region_day": {
+            (r.store_id, r.day.date()): (r.order_count, r.revenue_cents)
+            for r in session.execute("SELECT * FROM retail.sales_by_region_day")
+        },
+        "stock_by_store": {
+            (r.store_id, r.sku): (r.quantity,)
+            for r in session.execute("SELECT * FROM retail.stock_by_store")
+        },
+    }
+
+
+def built_on(cluster: Cluster, session: Session) -> dict[str, str]:
+    """The view's build status per node address, as system_distributed records it."""
+    address = {h.host_id: h.address for h in cluster.metadata.all_hosts()}
+    return {
+        address[r.host_id]: r.status
+        for r in session.execute(
+            "SELECT host_id, status FROM system_distributed.view_build_status "
+            "WHERE keyspace_name = 'retail' AND view_name = %s",
+            (VIEW.name,),
+        )
+    }
+
+
+CONF = {"view": "all", "rebuild": "if_inconsistent", "window_hours": 3, "fix_rollups": True}
+
+
+def test_a_consistent_view_and_exact_rollups_are_left_alone(
+    db: tuple[Cluster, Session], events: list[Event], topology: Topology
+) -> None:
+    _, session = db
+    expected = expected_rollups(events)
+    assert stored_rollups(session) == expected  # the sink wrote them right
+
+    run = run_dag("materialized_view_rebuild", CONF)
+
+    assert str(run.state) == "success", task_states(run)
+    assert task_states(run) == {
+        "audit_views": "success",
+        "rebuild_views": "skipped",
+        "fix_rollups": "success",
+    }
+    audit = xcom(run, "audit_views")[VIEW.name]
+    n_orders = sum(isinstance(e, Order) for e in events)
+    assert audit["consistent"] is True
+    assert (audit["base_rows"], audit["view_rows"], audit["missing_rows"]) == (
+        n_orders,
+        n_orders,
+        0,
+    )
+    assert audit["sampled_base"] > 0 and audit["sampled_view"] > 0
+    assert audit["build_status"] == {n.name: "SUCCESS" for n in topology.nodes}
+    tables = xcom(run, "fix_rollups")["tables"]
+    assert {t: (r["buckets_checked"], r["buckets_corrected"]) for t, r in tables.items()} == {
+        t: (len(expected[t]), 0) for t in expected
+    }
+    assert stored_rollups(session) == expected
+
+
+def test_a_corrupted_rollup_and_a_dropped_view_are_rebuilt(
+    db: tuple[Cluster, Session], events: list[Event], topology: Topology
+) -> None:
+    cluster, session = db
+    expected = expected_rollups(events)
+    (store, day, hour), (count, cents) = sorted(expected["sales_by_store_hour"].items())[0]
+    session.execute(
+        "UPDATE retail.sales_by_store_hour SET revenue_cents = %s "
+        "WHERE store_id = %s AND day = %s AND hour = %s",
+        (cents + 12_345, store, day, hour),
+    )
+    (s_store, sku), (level,) = sorted(expected["stock_by_store"].items())[0]
+    as_of = session.execute(
+        "SELECT as_of FROM retail.stock_by_store WHERE store_id = %s AND sku = %s", (s_store, sku)
+    ).one()
+    session.execute(
+        "UPDATE retail.stock_by_store SET quantity = 999999 WHERE store_id = %s AND sku = %s",
+        (s_store, sku),
+    )
+    session.execute(f"DROP MATERIALIZED VIEW retail.{VIEW.name}", timeout=120)
+    assert cluster.control_connection.wait_for_schema_agreement(wait_time=120)
+    assert stored_rollups(session) != expected
+
+    run = run_dag("materialized_view_rebuild", CONF)
+
+    assert str(run.state) == "success", task_states(run)
+    assert task_states(run) == dict.fromkeys(
+        ("audit_views", "rebuild_views", "fix_rollups"), "success"
+    )
+    audit = xcom(run, "audit_views")[VIEW.name]
+    assert (audit["exists"], audit["consistent"]) == (False, False)
+    rebuilt = xcom(run, "rebuild_views")
+    assert rebuilt["rebuilt"] == [VIEW.name]
+    after = rebuilt["audits"][VIEW.name]
+    assert after["consistent"] is True and after["not_built"] == []
+
+    # Exactly the two corrections made, and the rollups equal the sums of the base rows again.
+    tables = xcom(run, "fix_rollups")["tables"]
+    assert {t: r["buckets_corrected"] for t, r in tables.items()} == {
+        "sales_by_store_hour": 1,
+        "sales_by_region_day": 0,
+        "stock_by_store": 1,
+    }
+    currency = next(e.currency for e in events if isinstance(e, Order) and e.store_id == store)
+    assert tables["sales_by_store_hour"]["examples"] == [
+        {
+            "key": [store, day.isoformat(), hour],
+            "stored": [count, cents + 12_345, currency],
+            "expected": [count, cents, currency],
+        }
+    ]
+    assert tables["stock_by_store"]["examples"] == [
+        {
+            "key": [s_store, sku],
+            "stored": [999999, as_of.as_of.isoformat()],
+            "expected": [level, as_of.as_of.isoformat()],
+        }
+    ]
+    assert stored_rollups(session) == expected
+
+    # The view is back, built on every node, and answers for a customer.
+    cluster.refresh_schema_metadata()
+    assert VIEW.name in cluster.metadata.keyspaces["retail"].views
+    assert built_on(cluster, session) == {n.address: "SUCCESS" for n in topology.nodes}
+    by_customer: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        if isinstance(e, Order):
+            by_customer[e.customer_id].add(e.order_id)
+    customer = max(by_customer, key=lambda c: len(by_customer[c]))
+    rows = session.execute(
+        f"SELECT order_id, store_id FROM retail.{VIEW.name} WHERE customer_id = %s", (customer,)
+    )
+    assert {r.order_id for r in rows} == by_customer[customer]
+    assert len(by_customer[customer]) > 1
