@@ -1,0 +1,109 @@
+"""The balance_check DAG against the live stack: a hot key injected into the stream shows up as
+skew in the balance gauges in Prometheus, and the summary names the partition and the key."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from retail.generator import StreamGenerator
+from retail.kafka import Topics, ensure_topics
+from retail.producer import EventProducer, records_from_events
+from retail.topology import Topology
+from tests.integration.airflow import prepare_airflow, run_dag, task_states, xcom
+
+THRESHOLD = 1.5
+
+
+@pytest.fixture(scope="module")
+def airflow(topology: Topology) -> Iterator[None]:
+    prepare_airflow(topology)
+    yield
+
+
+@pytest.fixture(scope="module")
+def hot_stream(topology: Topology) -> tuple[Topics, str]:
+    """Fresh topics with a stream whose last part sends 60% of the orders to one store."""
+    topics = Topics.named(f"bal{uuid.uuid4().hex[:8]}", partitions=6)
+    ensure_topics(topology, topics)
+    gen = StreamGenerator(seed=5, stores_per_region=10)
+    events = list(gen.events(200))
+    hot = gen.inject_hot_key(share=0.6)
+    events += list(gen.events(2000))
+    EventProducer(topology).send(records_from_events(events, topics))
+    return topics, hot
+
+
+def partition_of(topology: Topology, topic: str, key: str, partitions: int) -> int:
+    """Where Kafka put ``key``'s messages, read back from the topic itself."""
+    c = Consumer({"bootstrap.servers": topology.bootstrap_servers, "group.id": "unused"})
+    try:
+        for p in range(partitions):
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high == low:
+                continue
+            c.assign([TopicPartition(topic, p, max(low, high - 50))])
+            msgs = c.consume(50, 10)
+            if any(m.error() is None and m.key() == key.encode() for m in msgs):
+                return p
+        raise AssertionError(f"no message with key {key} in {topic}")
+    finally:
+        c.close()
+
+
+def prometheus_value(topology: Topology, query: str, timeout: float = 45) -> float:
+    """The value of an instant query once it returns a series (Prometheus scrapes every 5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = httpx.get(f"{topology.prometheus.url}/api/v1/query", params={"query": query})
+        resp.raise_for_status()
+        result = resp.json()["data"]["result"]
+        if result:
+            return float(result[0]["value"][1])
+        if time.monotonic() > deadline:
+            exported = httpx.get(f"{topology.statsd_exporter.url}/metrics").text
+            seen = [line for line in exported.splitlines() if query.split("{")[0] in line]
+            raise AssertionError(
+                f"Prometheus never returned {query}; statsd_exporter has: {seen[:10]}"
+            )
+        time.sleep(1)
+
+
+def test_a_hot_key_shows_up_as_skew_in_the_summary_and_in_prometheus(
+    airflow: None, topology: Topology, hot_stream: tuple[Topics, str]
+) -> None:
+    topics, hot = hot_stream
+    prefix = topics.orders.split(".")[0]
+    run = run_dag(
+        "balance_check",
+        {"topic_prefix": prefix, "window_seconds": 600, "skew_threshold": THRESHOLD},
+    )
+    assert str(run.state) == "success", task_states(run)
+    result = xcom(run, "check_balance")
+
+    orders = next(t for t in result["kafka"]["topics"] if t["topic"] == topics.orders)
+    hot_partition = partition_of(topology, topics.orders, hot, 6)
+    assert orders["hot_partition"] == hot_partition
+    assert orders["hot_keys"][0][0] == hot
+    assert orders["skew"] > THRESHOLD
+    advice = "\n".join(result["recommendations"])
+    assert f"partition {hot_partition} of {topics.orders} carries" in advice
+    assert f"hot key {hot}" in advice
+    # The ring of the test stack: one node per DC, each owning all of its DC.
+    owners = {n["node"]: n["ownership"] for n in result["cassandra"]["nodes"]}
+    assert owners == {n.name: pytest.approx(1.0) for n in topology.nodes}
+
+    label = f"{prefix}_orders"
+    skew = prometheus_value(topology, f'retail_balance_kafka_skew_ratio{{topic="{label}"}}')
+    assert skew > THRESHOLD
+    assert skew == pytest.approx(orders["skew"], rel=1e-3)
+    rate = prometheus_value(
+        topology,
+        f'retail_balance_kafka_partition_rate{{topic="{label}",partition="{hot_partition}"}}',
+    )
+    assert rate > 0
