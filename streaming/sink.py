@@ -16,7 +16,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable, Session
@@ -24,17 +24,10 @@ from cassandra.concurrent import execute_concurrent
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
 
 from retail.errors import RetailError
-from retail.events import Event, InventoryMovement, Order
+from retail.events import Event
 from retail.metrics import Metrics
-from retail.rows import (
-    INSERTS,
-    ROLLUP_QUERIES,
-    HourBucket,
-    hour_bucket,
-    rows_for,
-    stock_level,
-    totals,
-)
+from retail.ops.rollups import RollupPlan
+from retail.rows import INSERTS, ROLLUP_QUERIES, rows_for
 
 log = logging.getLogger(__name__)
 
@@ -195,64 +188,15 @@ class CassandraSink:
 
     def _recompute_rollups(self, events: Iterable[Event]) -> None:
         """Recompute every rollup bucket the events touched, in two round trips: all reads at
-        once, then all writes at once.
+        once, then all writes at once (see :class:`retail.ops.rollups.RollupPlan`).
 
         A store's hour is recounted from its base rows. A store's day is the sum of its hours:
         the hours just recounted, plus the others as the hour table has them (exact, since one
         consumer at a time owns a store's partition and wrote them the same way).
         """
-        hours: set[HourBucket] = set()
-        skus: set[tuple[str, str]] = set()
-        for e in events:
-            if isinstance(e, Order):
-                hours.add(hour_bucket(e))
-            elif isinstance(e, InventoryMovement):
-                skus.add((e.store_id, e.sku))
-        q = self.queries
-        hour_list = sorted(hours)
-        days: dict[tuple[str, date], str] = {(b.store_id, b.day): b.region for b in hour_list}
-        day_list = sorted(days)
-        sku_list = sorted(skus)
-        reads = self._run(
-            [(q["orders_in_hour"], (b.store_id, b.day, b.start, b.end)) for b in hour_list]
-            + [(q["store_hours"], key) for key in day_list]
-            + [(q["sku_movements"], key) for key in sku_list],
-            "rollup read",
-        )
-        hour_reads = reads[: len(hour_list)]
-        day_reads = reads[len(hour_list) : len(hour_list) + len(day_list)]
-        sku_reads = reads[len(hour_list) + len(day_list) :]
-
-        writes = []
-        fresh: dict[tuple[str, date], dict[int, tuple[int, int, str | None]]] = {}
-        for bucket, rows in zip(hour_list, hour_reads, strict=True):
-            count, cents, currency = totals((1, r.total_cents, r.currency) for r in rows)
-            fresh.setdefault((bucket.store_id, bucket.day), {})[bucket.hour] = (
-                count,
-                cents,
-                currency,
-            )
-            writes.append(
-                (
-                    q["write_store_hour"],
-                    (bucket.store_id, bucket.day, bucket.hour, count, cents, currency),
-                )
-            )
-        for key, rows in zip(day_list, day_reads, strict=True):
-            recounted = fresh[key]
-            stored = [
-                (r.order_count, r.revenue_cents, r.currency)
-                for r in rows
-                if r.hour not in recounted
-            ]
-            count, cents, currency = totals([*stored, *recounted.values()])
-            store_id, day = key
-            writes.append(
-                (q["write_region_day"], (days[key], day, store_id, count, cents, currency))
-            )
-        for (store_id, sku), rows in zip(sku_list, sku_reads, strict=True):
-            level, as_of = stock_level((r.event_time, r.event_id, r.kind, r.quantity) for r in rows)
-            writes.append((q["write_stock"], (store_id, sku, level, as_of or datetime.now(UTC))))
+        plan = RollupPlan.for_events(events)
+        reads = self._run(plan.reads(self.queries), "rollup read")
+        writes = plan.recompute(reads).writes(self.queries)
         if writes:
             batches = partition_batches(writes, self.batch_rows)
             self._run([(b, ()) for b in batches], "rollup write")
