@@ -1,0 +1,70 @@
+"""
+### Pipeline audit
+
+Every hour, reconciles Kafka with Cassandra for the last `window_minutes`, and **fails loudly on
+any loss**:
+
+- every message of the chosen topics whose timestamp is in the window is read back and decoded;
+- a valid event must have every base row it writes (orders by order id, by store and day,
+  product sales; inventory movements by store and day and by store and SKU), looked up in its
+  own region's DC at `LOCAL_QUORUM`, the quorum its consumer wrote at;
+- an invalid message must be in the dead-letter topic (found by its `origin.*` headers);
+- a message the responsible regional group (`<prefix>-<region>`) has not committed yet is
+  reported as *pending*, not lost (consumer lag has its own gauge and alert).
+
+Sends `retail.audit.<topic>.missing` and `.deadlettered`. On a loss the task fails without retry,
+naming the lost events (order ids, event ids, offsets) in the log, the error and XCom `report`:
+replay them from Kafka (writes are idempotent) and find why the consumer committed past them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Param
+
+from retail_airflow.defaults import DEFAULT_ARGS, START_DATE
+from retail_airflow.operators.audit import AUDITED_TOPICS, PipelineAuditOperator
+from retail_airflow.operators.balance import PREFIX_PATTERN
+
+with DAG(
+    dag_id="pipeline_audit",
+    doc_md=__doc__,
+    schedule=timedelta(hours=1),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["kafka", "cassandra", "audit"],
+    render_template_as_native_obj=True,
+    params={
+        "window_minutes": Param(
+            60,
+            type="integer",
+            minimum=1,
+            maximum=1440,
+            description="Audit the messages of the last this many minutes (the schedule: 60).",
+        ),
+        "topics": Param(
+            list(AUDITED_TOPICS),
+            type="array",
+            items={"type": "string", "enum": list(AUDITED_TOPICS)},
+            minItems=1,
+            uniqueItems=True,
+            description="Event topics to audit; their dead letters are always checked.",
+        ),
+        "topic_prefix": Param(
+            "retail",
+            type="string",
+            pattern=PREFIX_PATTERN,
+            description="Audit PREFIX.orders ... and the groups PREFIX-<region>; 'retail' is "
+            "the platform.",
+        ),
+    },
+) as dag:
+    PipelineAuditOperator(
+        task_id="audit_window",
+        topic_prefix="{{ params.topic_prefix }}",
+        window_minutes="{{ params.window_minutes }}",
+        topics="{{ params.topics }}",
+    )

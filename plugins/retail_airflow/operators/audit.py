@@ -1,0 +1,141 @@
+"""The pipeline audit from Airflow: Kafka's window against Cassandra's rows, failing on loss."""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+from cassandra.cluster import Session
+
+from retail.connections import CASSANDRA_CONN_ID, KAFKA_CONN_ID, STATSD_CONN_ID
+from retail.kafka import Topics
+from retail.ops import audit
+from retail.ops.balance import metric_topic
+from retail_airflow.hooks import RetailCassandraHook, RetailKafkaHook, RetailStatsdHook
+from retail_airflow.operators.balance import PREFIX_PATTERN
+
+AUDITED_TOPICS = ("orders", "inventory")  # short names; the dead letters are read for both
+WINDOW_MINUTES = (1, 1440)
+
+
+class PipelineAuditOperator(BaseOperator):
+    """Reconcile the messages of the last ``window_minutes`` with the rows in Cassandra and
+    the dead-letter topic; send ``retail.audit.<topic>.missing`` and ``.deadlettered``; fail
+    (without retry) with counts and example ids if anything consumed was lost."""
+
+    template_fields = ("topic_prefix", "window_minutes", "topics")
+
+    def __init__(
+        self,
+        *,
+        topic_prefix: str = "retail",
+        window_minutes: int | str = 60,
+        topics: list[str] | str | None = None,
+        cassandra_conn_id: str = CASSANDRA_CONN_ID,
+        kafka_conn_id: str = KAFKA_CONN_ID,
+        statsd_conn_id: str = STATSD_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.topic_prefix = topic_prefix
+        self.window_minutes = window_minutes
+        self.topics = list(AUDITED_TOPICS) if topics is None else topics
+        self.cassandra_conn_id = cassandra_conn_id
+        self.kafka_conn_id = kafka_conn_id
+        self.statsd_conn_id = statsd_conn_id
+
+    def _validate(self) -> tuple[str, int, list[str]]:
+        prefix, window, topics = self.topic_prefix, self.window_minutes, self.topics
+        if not isinstance(prefix, str) or not re.fullmatch(PREFIX_PATTERN, prefix):
+            raise AirflowFailException(
+                f"topic_prefix {prefix!r} must match {PREFIX_PATTERN} (e.g. 'retail')"
+            )
+        if isinstance(window, bool) or not isinstance(window, int):
+            raise AirflowFailException(f"window_minutes must be an integer, got {window!r}")
+        if not WINDOW_MINUTES[0] <= window <= WINDOW_MINUTES[1]:
+            raise AirflowFailException(f"window_minutes {window} outside {WINDOW_MINUTES}")
+        if not isinstance(topics, list) or not topics:
+            raise AirflowFailException(f"topics must be a non-empty list, got {topics!r}")
+        unknown = [t for t in topics if t not in AUDITED_TOPICS]
+        if unknown:
+            raise AirflowFailException(f"unknown topics {unknown}; choose from {AUDITED_TOPICS}")
+        return prefix, window, list(dict.fromkeys(topics))
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        prefix, window, short = self._validate()
+        hook = RetailCassandraHook(self.cassandra_conn_id)
+        regions = [dc.name for dc in hook.topology().datacenters]
+        bootstrap = RetailKafkaHook(self.kafka_conn_id).bootstrap_servers
+        topics = Topics.named(prefix)
+        audited = [getattr(topics, s) for s in short]
+        end_ms = int(time.time() * 1000)
+        start_ms = end_ms - window * 60_000
+        self.log.info(
+            "auditing %s for the last %d minutes (%d..%d ms); dead letters from %s",
+            audited,
+            window,
+            start_ms,
+            end_ms,
+            topics.deadletter,
+        )
+
+        with ExitStack() as stack:
+            opened: dict[str, Session] = {}
+
+            def session(region: str) -> Session:
+                # The region's own DC at LOCAL_QUORUM: the quorum its consumer wrote at.
+                if region not in opened:
+                    _, opened[region] = stack.enter_context(
+                        hook.session(local_dc=region, consistency_level="LOCAL_QUORUM")
+                    )
+                return opened[region]
+
+            try:
+                report = audit.audit(
+                    bootstrap=bootstrap,
+                    topics=topics,
+                    audited=audited,
+                    regions=regions,
+                    sessions=session,
+                    start_ms=start_ms,
+                    end_ms=end_ms,
+                    prefix=prefix,
+                )
+            except audit.AuditError as exc:
+                if "does not exist" in str(exc):
+                    raise AirflowFailException(str(exc)) from exc
+                raise  # Kafka or a DC unreachable: a retry may succeed
+
+        metrics = RetailStatsdHook(self.statsd_conn_id).metrics
+        for name, t in report.topics.items():
+            label = metric_topic(name, prefix)
+            metrics.gauge(f"audit.{label}.missing", t.missing)
+            metrics.gauge(f"audit.{label}.deadlettered", t.deadlettered)
+        result = report.to_dict()
+        self.log.info("%s", report.summary())
+        for name, t in report.topics.items():
+            for line in t.pending_examples:
+                self.log.warning("%s: pending: %s", name, line)
+        # Kept in XCom under "report" even when the task fails below.
+        context["ti"].xcom_push(key="report", value=result)
+        if report.missing:
+            lines = [
+                f"{name}: {line}"
+                for name, t in report.topics.items()
+                for line in t.missing_examples
+            ]
+            for line in lines:
+                self.log.error("LOST: %s", line)
+            # Data loss is not transient: a retry would find the same hole and delay the alarm.
+            raise AirflowFailException(
+                f"pipeline audit found {report.missing} lost message(s) "
+                f"({report.summary()}). Examples:\n"
+                + "\n".join(lines)
+                + "\nReplay them from Kafka (the writes are idempotent) and find why the consumer "
+                "committed past them."
+            )
+        return result
