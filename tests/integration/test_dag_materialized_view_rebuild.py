@@ -3,10 +3,12 @@ rollups are left alone; a corrupted rollup and a dropped view are rebuilt."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from cassandra.cluster import Cluster, Session
 
@@ -121,6 +123,23 @@ def built_on(cluster: Cluster, session: Session) -> dict[str, str]:
     }
 
 
+def exporter_value(topology: Topology, sample: str) -> float:
+    """A sample's value on the statsd_exporter (``name{labels}``), 0 if it is not there."""
+    text = httpx.get(f"{topology.statsd_exporter.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_exporter(topology: Topology, sample: str, want: float, timeout: float = 20) -> None:
+    """StatsD is UDP, fire and forget: poll until the exporter shows ``want``."""
+    deadline = time.monotonic() + timeout
+    while (got := exporter_value(topology, sample)) != want:
+        assert time.monotonic() < deadline, f"{sample} is {got}, expected {want}"
+        time.sleep(0.2)
+
+
 CONF = {"view": "all", "rebuild": "if_inconsistent", "window_hours": 3, "fix_rollups": True}
 
 
@@ -178,6 +197,8 @@ def test_a_corrupted_rollup_and_a_dropped_view_are_rebuilt(
     session.execute(f"DROP MATERIALIZED VIEW retail.{VIEW.name}", timeout=120)
     assert cluster.control_connection.wait_for_schema_agreement(wait_time=120)
     assert stored_rollups(session) != expected
+    corrected = 'retail_rollup_corrected_total{table="%s"}'
+    before = {t: exporter_value(topology, corrected % t) for t in expected}
 
     run = run_dag("materialized_view_rebuild", CONF)
 
@@ -215,6 +236,10 @@ def test_a_corrupted_rollup_and_a_dropped_view_are_rebuilt(
         }
     ]
     assert stored_rollups(session) == expected
+    wait_exporter(topology, corrected % "sales_by_store_hour", before["sales_by_store_hour"] + 1)
+    wait_exporter(topology, corrected % "stock_by_store", before["stock_by_store"] + 1)
+    wait_exporter(topology, corrected % "sales_by_region_day", before["sales_by_region_day"])
+    wait_exporter(topology, f'retail_view_inconsistent{{view="{VIEW.name}"}}', 0)
 
     # The view is back, built on every node, and answers for a customer.
     cluster.refresh_schema_metadata()

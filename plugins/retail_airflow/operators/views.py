@@ -6,14 +6,25 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from cassandra import Unavailable
 
 from retail.catalog import View, catalog
 from retail.connections import CASSANDRA_CONN_ID, STATSD_CONN_ID
-from retail.errors import ConfigError
+from retail.errors import ConfigError, RetailError
 from retail.ops import rollups, views
 from retail_airflow.hooks import RetailCassandraHook, RetailStatsdHook
 
 REBUILD_POLICIES = ("if_inconsistent", "always", "never")
+
+
+class NodesDownError(RetailError):
+    """The audit reads at ALL and a replica is down: retried, and the message says why."""
+
+    def __init__(self, cause: Unavailable) -> None:
+        super().__init__(
+            f"the audit reads at consistency ALL and not every replica is up ({cause}); "
+            "bring the node back (`retail stack status` shows which), the task retries"
+        )
 
 
 def selected_views(name: str) -> list[View]:
@@ -66,7 +77,12 @@ class ViewAuditOperator(BaseOperator):
         with hook.session(consistency_level="ALL") as (cluster, session):
             for v in selected:
                 self.log.info("auditing %s.%s against %s", v.keyspace, v.name, v.base_table)
-                audit = views.audit_view(cluster, session, hook.topology(), v, sample=self.sample)
+                try:
+                    audit = views.audit_view(
+                        cluster, session, hook.topology(), v, sample=self.sample
+                    )
+                except Unavailable as exc:
+                    raise NodesDownError(exc) from exc
                 (self.log.info if audit.consistent else self.log.warning)("%s", audit.summary())
                 audits.append(audit)
         _send_view_metrics(self.statsd_conn_id, audits)
@@ -174,12 +190,15 @@ class RollupRepairOperator(BaseOperator):
             raise AirflowFailException(str(exc)) from exc
         hook = RetailCassandraHook(self.cassandra_conn_id)
         with hook.session(consistency_level="ALL") as (_, session):
-            report = rollups.repair_rollups(
-                session,
-                [dc.name for dc in hook.topology().datacenters],
-                window,
-                progress=lambda msg: self.log.info("%s", msg),
-            )
+            try:
+                report = rollups.repair_rollups(
+                    session,
+                    [dc.name for dc in hook.topology().datacenters],
+                    window,
+                    progress=lambda msg: self.log.info("%s", msg),
+                )
+            except Unavailable as exc:
+                raise NodesDownError(exc) from exc
         metrics = RetailStatsdHook(self.statsd_conn_id).metrics
         result = report.to_dict()
         for table, t in result["tables"].items():
