@@ -206,14 +206,29 @@ def plan(
 
     if scope == "primary_range":
         for node in topology.nodes:
-            add(node, primary_ranges(range_map, node.address), ())
+            add(node, primary_ranges(_comparable(range_map), node.address), ())
     else:
         names = [d.name for d in topology.datacenters] if dc == "all" else [dc]
         for name in names:
             members = topology.datacenter(name).contact_points
+            inside = _comparable(range_map, members)
             for node in topology.datacenter(name).nodes:
-                add(node, primary_ranges(range_map, node.address, members), (name,))
+                add(node, primary_ranges(inside, node.address, members), (name,))
     return steps
+
+
+def _comparable(
+    range_map: Mapping[TokenRange, Sequence[str]], members: Iterable[str] | None = None
+) -> dict[TokenRange, Sequence[str]]:
+    """Only the ranges with two replicas or more in scope: a range with one replica has nothing
+    to compare it with, and Cassandra aborts its repair ("Nothing to repair ... aborting"), as it
+    does for a DC with replication factor 1."""
+    scope = None if members is None else set(members)
+    return {
+        rng: replicas
+        for rng, replicas in range_map.items()
+        if len([r for r in replicas if scope is None or r in scope]) >= 2
+    }
 
 
 # -- running it over Jolokia ----------------------------------------------------------------------
@@ -229,8 +244,15 @@ class Jolokia:
         self.client.close()
 
     def exec(self, node: CassandraNode, mbean: str, operation: str, *arguments: Any) -> Any:
-        url = f"http://{node.address}:{node.jolokia_port}/jolokia/"
         body = {"type": "exec", "mbean": mbean, "operation": operation, "arguments": arguments}
+        return self._request(node, operation, body)
+
+    def write(self, node: CassandraNode, mbean: str, attribute: str, value: Any) -> Any:
+        body = {"type": "write", "mbean": mbean, "attribute": attribute, "value": value}
+        return self._request(node, f"write of {attribute}", body)
+
+    def _request(self, node: CassandraNode, operation: str, body: dict[str, Any]) -> Any:
+        url = f"http://{node.address}:{node.jolokia_port}/jolokia/"
         try:
             data = self.client.post(url, json=body).json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -320,7 +342,7 @@ def run(
 
 def set_hinted_handoff(jolokia: Jolokia, node: CassandraNode, enabled: bool) -> None:
     """Switch hinted handoff on a node (for tests that need a replica to miss writes)."""
-    jolokia.exec(node, STORAGE_PROXY, "setHintedHandoffEnabled", enabled)
+    jolokia.write(node, STORAGE_PROXY, "HintedHandoffEnabled", enabled)
 
 
 # -- history and what the alert needs -------------------------------------------------------------

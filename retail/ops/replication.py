@@ -83,11 +83,9 @@ class Drift:
         """What differs, one phrase per strategy or DC: ``us-east: RF 0 live, 1 wanted``."""
         if self.live is None:
             return ["keyspace does not exist (run the schema_migrations DAG)"]
-        found = []
         if self.live.get("class") != self.wanted.get("class"):
-            found.append(
-                f"strategy {self.live.get('class')} live, {self.wanted.get('class')} wanted"
-            )
+            return [f"{_render(self.live)} live, {_render(self.wanted)} wanted"]
+        found = []
         keys = sorted((set(self.live) | set(self.wanted)) - {"class"})
         for key in keys:
             have, want = self.live.get(key, "0"), self.wanted.get(key, "0")
@@ -102,6 +100,12 @@ class Drift:
             "wanted": self.wanted,
             "differences": self.differences() if self.drifted else [],
         }
+
+
+def _render(replication: Mapping[str, str]) -> str:
+    """``SimpleStrategy {replication_factor: 1}``."""
+    options = ", ".join(f"{k}: {v}" for k, v in sorted(replication.items()) if k != "class")
+    return f"{replication.get('class')} {{{options}}}"
 
 
 def compare(keyspace: str, live: Mapping[str, Any] | None, topology: Topology) -> Drift:

@@ -10,7 +10,7 @@ import pytest
 from retail.metrics import MemoryMetrics
 from retail.ops import repair, replication
 from retail.ops.repair import MIN_TOKEN, RING_SIZE, RepairError, RepairStep, TokenRange
-from retail.topology import build_topology
+from retail.topology import Topology, build_topology
 
 TOPOLOGY = build_topology(1)  # the test profile: one node per DC, RF 1 in each
 DEMO = build_topology(2)  # two nodes per DC, RF 2 in each
@@ -40,9 +40,10 @@ def test_a_missing_dc_and_another_strategy_are_drift_with_what_differs() -> None
         "us-east: RF 0 live, 1 wanted",
     ]
     simple = {"class": "org.apache.cassandra.locator.SimpleStrategy", "replication_factor": "1"}
-    assert replication.compare("system_auth", simple, TOPOLOGY).differences()[0] == (
-        "strategy SimpleStrategy live, NetworkTopologyStrategy wanted"
-    )
+    assert replication.compare("system_auth", simple, TOPOLOGY).differences() == [
+        "SimpleStrategy {replication_factor: 1} live, NetworkTopologyStrategy "
+        "{ap-southeast: 1, eu-west: 1, us-east: 1} wanted"
+    ]
 
 
 def test_a_dc_with_factor_zero_counts_as_absent() -> None:
@@ -157,15 +158,38 @@ def test_a_primary_range_plan_repairs_every_node_in_subranges_full_and_for_one_t
     }
 
 
-def test_a_datacenter_plan_stays_inside_the_dc() -> None:
-    ranges = repair.parse_range_map(LIVE_MAP)
-    steps = repair.plan("retail", ranges, TOPOLOGY, scope="datacenter", dc="us-east")
-    assert {s.node for s in steps} == {"us-east-1"}
+def _nts_map(topology: Topology) -> dict[TokenRange, list[str]]:
+    """NetworkTopologyStrategy's placement, as Cassandra lists it: walking the ring clockwise
+    from a range's end, the first ``RF`` nodes of each DC, in the order they are met."""
+    ring = sorted((n.token, n) for n in topology.nodes)
+    rf = {dc.name: dc.replication_factor for dc in topology.datacenters}
+    out = {}
+    for i, (token, _) in enumerate(ring):
+        replicas: list[str] = []
+        for _, node in ring[i:] + ring[:i]:
+            if sum(topology.node(r).dc == node.dc for r in replicas) < rf[node.dc]:
+                replicas.append(node.address)
+        out[TokenRange(ring[i - 1][0], token)] = replicas
+    return out
+
+
+def test_a_datacenter_plan_stays_inside_the_dc_and_covers_the_ring_once() -> None:
+    ranges = _nts_map(DEMO)
+    steps = repair.plan("retail", ranges, DEMO, scope="datacenter", dc="us-east", subranges=2)
+    assert {s.node for s in steps} == {"us-east-1", "us-east-2"}
     assert all(s.options()["dataCenters"] == "us-east" for s in steps)
     assert all(s.options()["primaryRange"] == "false" for s in steps)
     assert "columnFamilies" not in steps[0].options()
-    every_dc = repair.plan("retail", ranges, TOPOLOGY, scope="datacenter", dc="all")
-    assert {s.datacenters for s in every_dc} == {(d.name,) for d in TOPOLOGY.datacenters}
+    assert _covered([s.range for s in steps]) == RING_SIZE
+    every_dc = repair.plan("retail", ranges, DEMO, scope="datacenter", dc="all")
+    assert {s.datacenters for s in every_dc} == {(d.name,) for d in DEMO.datacenters}
+
+
+def test_a_range_with_one_replica_in_scope_is_left_out() -> None:
+    # The test profile has RF 1 in each DC: inside a DC there is nothing to compare, and
+    # Cassandra would abort the repair ("Nothing to repair ... aborting").
+    ranges = repair.parse_range_map(LIVE_MAP)
+    assert repair.plan("retail", ranges, TOPOLOGY, scope="datacenter", dc="all") == []
 
 
 @pytest.mark.parametrize(

@@ -287,9 +287,16 @@ class RepairOperator(BaseOperator):
                 duration_ms=duration_ms,
                 run_id=run_id,
             )
-        self.log.info(
-            "%s: repair succeeded in %.1fs; recorded for %s", ks, duration_ms / 1000, tables
-        )
+            self.log.info(
+                "%s: repair succeeded in %.1fs; recorded for %s", ks, duration_ms / 1000, tables
+            )
+        else:
+            self.log.warning(
+                "%s: nothing to repair: no range has two replicas in scope %s (replication "
+                "factor 1 there); nothing recorded",
+                ks,
+                repair.scope_label(target.scope, target.dc),
+            )
         return {
             "tables": tables,
             "scope": repair.scope_label(target.scope, target.dc),
