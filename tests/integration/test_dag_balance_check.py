@@ -11,6 +11,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from retail.events import Order
 from retail.generator import StreamGenerator
 from retail.kafka import Topics, ensure_topics
 from retail.producer import EventProducer, records_from_events
@@ -27,7 +28,7 @@ def airflow(topology: Topology) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def hot_stream(topology: Topology) -> tuple[Topics, str]:
+def hot_stream(topology: Topology) -> tuple[Topics, str, int]:
     """Fresh topics with a stream whose last part sends 60% of the orders to one store."""
     topics = Topics.named(f"bal{uuid.uuid4().hex[:8]}", partitions=6)
     ensure_topics(topology, topics)
@@ -36,7 +37,7 @@ def hot_stream(topology: Topology) -> tuple[Topics, str]:
     hot = gen.inject_hot_key(share=0.6)
     events += list(gen.events(2000))
     EventProducer(topology).send(records_from_events(events, topics))
-    return topics, hot
+    return topics, hot, sum(isinstance(e, Order) for e in events)
 
 
 def partition_of(topology: Topology, topic: str, key: str, partitions: int) -> int:
@@ -75,9 +76,9 @@ def prometheus_value(topology: Topology, query: str, timeout: float = 45) -> flo
 
 
 def test_a_hot_key_shows_up_as_skew_in_the_summary_and_in_prometheus(
-    airflow: None, topology: Topology, hot_stream: tuple[Topics, str]
+    airflow: None, topology: Topology, hot_stream: tuple[Topics, str, int]
 ) -> None:
-    topics, hot = hot_stream
+    topics, hot, n_orders = hot_stream
     prefix = topics.orders.split(".")[0]
     run = run_dag(
         "balance_check",
@@ -91,6 +92,8 @@ def test_a_hot_key_shows_up_as_skew_in_the_summary_and_in_prometheus(
     assert orders["hot_partition"] == hot_partition
     assert orders["hot_keys"][0][0] == hot
     assert orders["skew"] > THRESHOLD
+    assert orders["window_messages"] == n_orders
+    assert sum(p["messages"] for p in orders["partitions"]) == n_orders
     advice = "\n".join(result["recommendations"])
     assert f"partition {hot_partition} of {topics.orders} carries" in advice
     assert f"hot key {hot}" in advice

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
-from cassandra.cluster import Session
+from cassandra.cluster import NoHostAvailable, Session
 
 from retail.connections import CASSANDRA_CONN_ID, KAFKA_CONN_ID, STATSD_CONN_ID
 from retail.kafka import Topics
@@ -89,9 +89,15 @@ class PipelineAuditOperator(BaseOperator):
             def session(region: str) -> Session:
                 # The region's own DC at LOCAL_QUORUM: the quorum its consumer wrote at.
                 if region not in opened:
-                    _, opened[region] = stack.enter_context(
-                        hook.session(local_dc=region, consistency_level="LOCAL_QUORUM")
-                    )
+                    try:
+                        _, opened[region] = stack.enter_context(
+                            hook.session(local_dc=region, consistency_level="LOCAL_QUORUM")
+                        )
+                    except NoHostAvailable as exc:
+                        raise audit.AuditError(
+                            f"no node of {region} answered ({exc}); the audit reads each "
+                            f"region's events in its own DC: `retail stack status`"
+                        ) from exc
                 return opened[region]
 
             try:
