@@ -205,8 +205,16 @@ def plan(
         )
 
     if scope == "primary_range":
+        comparable = _comparable(range_map)
+        strangers = {r[0] for r in comparable.values()} - {n.address for n in topology.nodes}
+        if strangers:
+            # Their primary ranges would go unrepaired without a word.
+            raise RepairError(
+                f"the live ring has nodes the topology does not know: {sorted(strangers)}; "
+                "update the retail_cassandra connection (`retail airflow-env`) and rerun"
+            )
         for node in topology.nodes:
-            add(node, primary_ranges(_comparable(range_map), node.address), ())
+            add(node, primary_ranges(comparable, node.address), ())
     else:
         names = [d.name for d in topology.datacenters] if dc == "all" else [dc]
         for name in names:

@@ -185,6 +185,13 @@ def test_a_datacenter_plan_stays_inside_the_dc_and_covers_the_ring_once() -> Non
     assert {s.datacenters for s in every_dc} == {(d.name,) for d in DEMO.datacenters}
 
 
+def test_a_node_missing_from_the_topology_stops_the_plan() -> None:
+    ranges = repair.parse_range_map(LIVE_MAP)
+    ranges[TokenRange(10, 20)] = ["127.0.9.9", "127.0.1.1"]
+    with pytest.raises(RepairError, match=r"does not know: \['127.0.9.9'\]"):
+        repair.plan("retail", ranges, TOPOLOGY, scope="primary_range")
+
+
 def test_a_range_with_one_replica_in_scope_is_left_out() -> None:
     # The test profile has RF 1 in each DC: inside a DC there is nothing to compare, and
     # Cassandra would abort the repair ("Nothing to repair ... aborting").

@@ -10,13 +10,16 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
+from cassandra.cluster import Session
 
 from retail.catalog import catalog
 from retail.connections import CASSANDRA_CONN_ID, STATSD_CONN_ID
 from retail.errors import ConfigError
+from retail.metrics import Metrics
 from retail.migrations import OPS_KEYSPACE
 from retail.ops import repair, replication
 from retail.ops.repair import RepairError
+from retail.topology import Topology
 from retail_airflow.hooks import RetailCassandraHook, RetailStatsdHook
 
 ALL = "all"
@@ -225,9 +228,9 @@ class RepairOperator(BaseOperator):
     def _repair(
         self,
         jolokia: repair.Jolokia,
-        topology: Any,
-        session: Any,
-        metrics: Any,
+        topology: Topology,
+        session: Session,
+        metrics: Metrics,
         target: _Target,
         run_id: str,
     ) -> dict[str, Any]:
