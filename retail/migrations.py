@@ -120,6 +120,26 @@ def _bootstrap(session: Session, topology: Topology) -> None:
     )
 
 
+def _replicate_system_keyspaces(cluster: Cluster, session: Session, topology: Topology) -> None:
+    """Give system_auth and system_distributed the topology's replication (Cassandra creates
+    them with SimpleStrategy, blind to DCs; see retail.ops.replication for why they matter).
+    On a new cluster there is nothing to stream; on one that has data, the replication_repair
+    DAG must run after, and the log says so."""
+    from retail.ops import replication
+
+    keyspaces = replication.SYSTEM_KEYSPACES
+    for drift in replication.check(session, topology, keyspaces):
+        if drift.fixable:
+            replication.fix(cluster, session, drift, topology, keyspaces)
+            log.warning(
+                "%s replicated as the topology says (was %s); run the replication_repair DAG "
+                "with keyspace=%s so that existing data reaches its new replicas",
+                drift.keyspace,
+                "; ".join(drift.differences()),
+                drift.keyspace,
+            )
+
+
 def applied(session: Session) -> dict[int, Applied]:
     rows = session.execute(
         SimpleStatement(
@@ -216,6 +236,7 @@ def migrate(
         report = MigrationReport(sorted(done), pending, [], dry_run)
         if dry_run:
             return report
+        _replicate_system_keyspaces(cluster, session, topology)
         for migration in pending:
             log.info("applying %s", migration.path.name)
             for statement in migration.statements(topology):
