@@ -1,8 +1,9 @@
 """
 ### Pipeline audit
 
-Every hour, reconciles Kafka with Cassandra for the last `window_minutes`, and **fails loudly on
-any loss**:
+Every hour, reconciles Kafka with Cassandra for a window of `window_minutes` that ends
+`settle_minutes` ago (time for the consumers to commit it; hourly runs then cover the stream
+without gaps), and **fails loudly on any loss**:
 
 - every message of the chosen topics whose timestamp is in the window is read back and decoded;
 - a valid event must have every base row it writes (orders by order id, by store and day,
@@ -43,7 +44,15 @@ with DAG(
             type="integer",
             minimum=1,
             maximum=1440,
-            description="Audit the messages of the last this many minutes (the schedule: 60).",
+            description="Audit the messages of this many minutes (the schedule: 60).",
+        ),
+        "settle_minutes": Param(
+            5,
+            type="integer",
+            minimum=0,
+            maximum=60,
+            description="The window ends this many minutes ago, so the consumers have had time "
+            "to commit what it holds.",
         ),
         "topics": Param(
             list(AUDITED_TOPICS),
@@ -66,5 +75,6 @@ with DAG(
         task_id="audit_window",
         topic_prefix="{{ params.topic_prefix }}",
         window_minutes="{{ params.window_minutes }}",
+        settle_minutes="{{ params.settle_minutes }}",
         topics="{{ params.topics }}",
     )

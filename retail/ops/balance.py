@@ -544,6 +544,13 @@ def summary_lines(kafka: KafkaBalance | None, cassandra: CassandraBalance | None
                 f"{n.node} ({n.dc}, {'up' if n.up else 'DOWN'}): owns "
                 f"{100 * n.ownership:.1f}% of its DC, load {_mib(n.load_bytes)}, {disk}"
             )
+        for dc in sorted(cassandra.ownership_skew):
+            members = [n for n in cassandra.nodes if n.dc == dc]
+            lines.append(
+                f"{dc}: {len(members)} node(s), load {_mib(sum(n.load_bytes for n in members))}, "
+                f"ownership skew {cassandra.ownership_skew[dc]:.2f}, "
+                f"load skew {cassandra.load_skew[dc]:.2f}"
+            )
         if cassandra.largest_partition:
             table, (size, node) = max(cassandra.largest_partition.items(), key=lambda kv: kv[1][0])
             lines.append(f"largest partition: {table} on {node}, {size} bytes")

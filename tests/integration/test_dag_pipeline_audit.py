@@ -53,7 +53,9 @@ def consumed(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def audit(run: PipelineRun, capfd: pytest.CaptureFixture[str]) -> tuple[object, str]:
-    dag_run = run_dag("pipeline_audit", {"topic_prefix": run.prefix, "window_minutes": 15})
+    dag_run = run_dag(
+        "pipeline_audit", {"topic_prefix": run.prefix, "window_minutes": 15, "settle_minutes": 0}
+    )
     out = capfd.readouterr()
     return dag_run, out.out + out.err
 

@@ -164,6 +164,7 @@ def test_summary_and_xcom_form_are_readable_and_serialisable(tmp_path: Path) -> 
     assert "eu-west-2 (eu-west, up): owns 50.0% of its DC, load 953.7 MiB, disk not visible" in (
         "\n".join(lines)
     )
+    assert "eu-west: 2 node(s), load 3814.7 MiB, ownership skew 1.00, load skew 1.50" in lines
     data = json.loads(json.dumps(to_dict(kafka, cassandra)))
     assert data["kafka"]["topics"][0]["hot_keys"] == [["store-0017", 0.9]]
     assert data["cassandra"]["largest_partition"]["orders"] == {"bytes": 900, "node": "eu-west-2"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -20,6 +21,7 @@ from retail_airflow.operators.balance import PREFIX_PATTERN
 
 AUDITED_TOPICS = ("orders", "inventory")  # short names; the dead letters are read for both
 WINDOW_MINUTES = (1, 1440)
+SETTLE_MINUTES = (0, 60)
 
 
 class PipelineAuditOperator(BaseOperator):
@@ -27,13 +29,14 @@ class PipelineAuditOperator(BaseOperator):
     the dead-letter topic; send ``retail.audit.<topic>.missing`` and ``.deadlettered``; fail
     (without retry) with counts and example ids if anything consumed was lost."""
 
-    template_fields = ("topic_prefix", "window_minutes", "topics")
+    template_fields = ("topic_prefix", "window_minutes", "settle_minutes", "topics")
 
     def __init__(
         self,
         *,
         topic_prefix: str = "retail",
         window_minutes: int | str = 60,
+        settle_minutes: int | str = 5,
         topics: list[str] | str | None = None,
         cassandra_conn_id: str = CASSANDRA_CONN_ID,
         kafka_conn_id: str = KAFKA_CONN_ID,
@@ -43,13 +46,15 @@ class PipelineAuditOperator(BaseOperator):
         super().__init__(**kwargs)
         self.topic_prefix = topic_prefix
         self.window_minutes = window_minutes
+        self.settle_minutes = settle_minutes
         self.topics = list(AUDITED_TOPICS) if topics is None else topics
         self.cassandra_conn_id = cassandra_conn_id
         self.kafka_conn_id = kafka_conn_id
         self.statsd_conn_id = statsd_conn_id
 
-    def _validate(self) -> tuple[str, int, list[str]]:
+    def _validate(self) -> tuple[str, int, int, list[str]]:
         prefix, window, topics = self.topic_prefix, self.window_minutes, self.topics
+        settle = self.settle_minutes
         if not isinstance(prefix, str) or not re.fullmatch(PREFIX_PATTERN, prefix):
             raise AirflowFailException(
                 f"topic_prefix {prefix!r} must match {PREFIX_PATTERN} (e.g. 'retail')"
@@ -58,28 +63,33 @@ class PipelineAuditOperator(BaseOperator):
             raise AirflowFailException(f"window_minutes must be an integer, got {window!r}")
         if not WINDOW_MINUTES[0] <= window <= WINDOW_MINUTES[1]:
             raise AirflowFailException(f"window_minutes {window} outside {WINDOW_MINUTES}")
+        if isinstance(settle, bool) or not isinstance(settle, int):
+            raise AirflowFailException(f"settle_minutes must be an integer, got {settle!r}")
+        if not SETTLE_MINUTES[0] <= settle <= SETTLE_MINUTES[1]:
+            raise AirflowFailException(f"settle_minutes {settle} outside {SETTLE_MINUTES}")
         if not isinstance(topics, list) or not topics:
             raise AirflowFailException(f"topics must be a non-empty list, got {topics!r}")
         unknown = [t for t in topics if t not in AUDITED_TOPICS]
         if unknown:
             raise AirflowFailException(f"unknown topics {unknown}; choose from {AUDITED_TOPICS}")
-        return prefix, window, list(dict.fromkeys(topics))
+        return prefix, window, settle, list(dict.fromkeys(topics))
 
     def execute(self, context: Any) -> dict[str, Any]:
-        prefix, window, short = self._validate()
+        prefix, window, settle, short = self._validate()
         hook = RetailCassandraHook(self.cassandra_conn_id)
         regions = [dc.name for dc in hook.topology().datacenters]
         bootstrap = RetailKafkaHook(self.kafka_conn_id).bootstrap_servers
         topics = Topics.named(prefix)
         audited = [getattr(topics, s) for s in short]
-        end_ms = int(time.time() * 1000)
+        # The window ends settle_minutes ago: by then the consumers have committed what it
+        # holds, and consecutive hourly runs cover the stream without a gap.
+        end_ms = int(time.time() * 1000) - settle * 60_000
         start_ms = end_ms - window * 60_000
         self.log.info(
-            "auditing %s for the last %d minutes (%d..%d ms); dead letters from %s",
+            "auditing %s from %s to %s UTC; dead letters from %s",
             audited,
-            window,
-            start_ms,
-            end_ms,
+            datetime.fromtimestamp(start_ms / 1000, UTC).isoformat(timespec="seconds"),
+            datetime.fromtimestamp(end_ms / 1000, UTC).isoformat(timespec="seconds"),
             topics.deadletter,
         )
 
