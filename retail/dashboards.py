@@ -424,7 +424,7 @@ def kafka() -> object:
     )
     b.series(
         "Partition skew (busiest / mean rate), by topic",
-        "1.0 is even; KafkaPartitionSkew fires over 1.5.",
+        "1.0 is even; a few popular stores give about 3; KafkaPartitionSkew fires over 4.",
         [("retail_balance_kafka_skew_ratio", "{{topic}}")],
     )
     b.series(
@@ -511,7 +511,7 @@ def operations() -> object:
     b.row("Balance")
     b.series(
         "Skew ratios (max / mean)",
-        "Kafka partitions per topic (alert over 1.5), Cassandra ownership (over 1.2) and load "
+        "Kafka partitions per topic (alert over 4), Cassandra ownership (over 1.2) and load "
         "(over 1.5) per DC.",
         [
             ("retail_balance_kafka_skew_ratio", "kafka {{topic}}"),
