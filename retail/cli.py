@@ -39,16 +39,17 @@ def _register() -> None:
 
 # What the demo runs after the stream, with the params a person would pick in the UI.
 DEMO_OPERATIONS: list[tuple[str, dict]] = [
-    ("pipeline_audit", {}),
-    ("balance_check", {}),
-    ("materialized_view_rebuild", {}),
-    ("replication_repair", {}),
+    # The consumers have drained: audit everything up to now.
+    ("pipeline_audit", {"window_minutes": 30, "settle_minutes": 0}),
+    ("balance_check", {"window_seconds": 300}),
+    ("materialized_view_rebuild", {"fix_rollups": True, "window_hours": 2}),
+    ("replication_repair", {"keyspace": "retail"}),
 ]
 
 
-def _run_dags(api: object, runs: list[tuple[str, dict]]) -> None:
+def _run_dags(api: object, runs: list[tuple[str, dict]]) -> dict[str, str]:
     """Trigger DAG runs through the REST API (as the UI does), wait for them, and print their
-    outcome; fails if any failed."""
+    outcome; returns the run id per DAG; fails if any failed."""
     import json
     from datetime import datetime
 
@@ -79,6 +80,7 @@ def _run_dags(api: object, runs: list[tuple[str, dict]]) -> None:
         raise RetailError(
             f"DAG runs failed: {', '.join(failed)}; their task logs are in the Airflow UI"
         )
+    return dict(started)
 
 
 @app.command()
@@ -95,7 +97,7 @@ def demo(
     from retail.kafka import Topics, ensure_topics, group_lag
     from retail.topology import current_topology
     from stack import cli as stack_cli
-    from stack.airflow import AirflowServers
+    from stack.airflow import AirflowServers, task_result
     from stack.local import LocalStack
     from stack.status import collect
     from streaming.processes import consumer_process
@@ -142,7 +144,12 @@ def demo(
     console.rule("5. the retail report")
     report(day=None, region=None, store=None, customer=None, top=5, as_json=False)
     console.rule("6. operations: the audit, balance, view and repair DAGs")
-    _run_dags(api, DEMO_OPERATIONS)
+    run_ids = _run_dags(api, DEMO_OPERATIONS)
+    balance = task_result(api, "balance_check", run_ids["balance_check"], "check_balance")
+    if isinstance(balance, dict) and balance.get("recommendations"):
+        console.print(
+            Panel.fit("\n".join(balance["recommendations"]), title="balance_check recommends")
+        )
     console.print(
         Panel.fit(
             f"Airflow UI: {servers.url}  (user admin, password {servers.password()})\n"
