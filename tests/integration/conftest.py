@@ -85,6 +85,22 @@ def local_stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="session")
+def airflow(topology: Topology) -> None:
+    """This process's Airflow pointed at the live stack (metadata DB migrated) and the schema
+    applied: what every dag.test() run needs."""
+    from retail import migrations
+    from retail.cassandra import connect
+    from tests.integration.airflow import prepare_airflow
+
+    prepare_airflow(topology)
+    cluster, session = connect(topology, topology.datacenters[0].name)
+    try:
+        migrations.migrate(cluster, session, topology)
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
 def topology(local_stack: LocalStack) -> Topology:
     return local_stack.topology()
 

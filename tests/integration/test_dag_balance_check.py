@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -18,18 +17,12 @@ from retail.kafka import Topics, ensure_topics
 from retail.producer import EventProducer, records_from_events
 from retail.topology import Topology
 from tests.integration import prom
-from tests.integration.airflow import prepare_airflow, run_dag, task_states, xcom
+from tests.integration.airflow import run_dag, task_states, xcom
 
 # The KafkaPartitionSkew alert's threshold and the DAG's default: the stream's few popular
 # stores alone give about 3 over 12 partitions, a store taking 60% of the orders about 7.
 THRESHOLD = 4.0
 PARTITIONS = 12
-
-
-@pytest.fixture(scope="module")
-def airflow(topology: Topology) -> Iterator[None]:
-    prepare_airflow(topology)
-    yield
 
 
 @pytest.fixture(scope="module")

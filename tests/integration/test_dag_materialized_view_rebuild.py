@@ -21,7 +21,7 @@ from retail.metrics import MemoryMetrics
 from retail.rows import TABLES, stock_level
 from retail.topology import Topology
 from streaming.sink import CassandraSink
-from tests.integration.airflow import prepare_airflow, run_dag, task_states, xcom
+from tests.integration.airflow import run_dag, task_states, xcom
 
 VIEW = catalog().view("orders_by_customer")
 N = 400
@@ -33,8 +33,7 @@ def _truncate(session: Session) -> None:
 
 
 @pytest.fixture(scope="module")
-def db(topology: Topology) -> Iterator[tuple[Cluster, Session]]:
-    prepare_airflow(topology)
+def db(topology: Topology, airflow: None) -> Iterator[tuple[Cluster, Session]]:
     # ALL: the test's own writes and checks see every replica, so nothing waits on replication.
     cluster, session = connect(topology, topology.datacenters[0].name, consistency_level="ALL")
     migrations.migrate(cluster, session, topology)

@@ -12,24 +12,23 @@ import pytest
 from cassandra import ConsistencyLevel
 from cassandra.query import SimpleStatement
 
-from retail import migrations
 from retail.cassandra import connect
 from retail.events import Order
 from retail.generator import StreamGenerator
 from retail.producer import Record
 from retail.topology import Topology
-from tests.integration.airflow import prepare_airflow, run_dag, task_states, xcom
+from tests.integration.airflow import run_dag, task_states, xcom
 from tests.integration.pipeline import PipelineRun
 
 N = 600
 
 
 @pytest.fixture(scope="module")
-def consumed(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+def consumed(
+    topology: Topology, airflow: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple]:
     """N events and one invalid order through the three regional consumers, all committed."""
-    prepare_airflow(topology)
     cluster, session = connect(topology, topology.datacenters[0].name)
-    migrations.migrate(cluster, session, topology)
     run = PipelineRun(topology, session, tmp_path_factory.mktemp("audit"))
     # Order ids repeat across generator streams: start from empty tables (inside the lock).
     run.truncate()

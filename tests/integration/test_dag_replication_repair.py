@@ -13,12 +13,11 @@ import pytest
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
 
-from retail import migrations
 from retail.cassandra import connect
 from retail.ops import repair, replication
 from retail.topology import CassandraNode, Topology
 from stack.local import LocalStack, port_taken
-from tests.integration.airflow import prepare_airflow, run_dag, task_states, xcom
+from tests.integration.airflow import run_dag, task_states, xcom
 
 DAG_ID = "replication_repair"
 # Keyspaces the fix_drift run may alter: the one drifted on purpose, and the system keyspaces
@@ -26,15 +25,6 @@ DAG_ID = "replication_repair"
 ALTERED = ("retail_ops", "system_auth", "system_distributed")
 STORES = [f"repair-check-{i:02d}" for i in range(30)]
 SKU = "sku-repair-check"
-
-
-@pytest.fixture(scope="module")
-def airflow(topology: Topology) -> Iterator[None]:
-    prepare_airflow(topology)
-    cluster, session = connect(topology, topology.datacenters[0].name)
-    migrations.migrate(cluster, session, topology)
-    cluster.shutdown()
-    yield
 
 
 @pytest.fixture

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from retail import migrations
-from retail.cassandra import connect
-from retail.topology import Topology
-from tests.integration.airflow import prepare_airflow, run_dag, task_states, xcom
-
-
-@pytest.fixture(scope="module")
-def airflow(topology: Topology) -> Iterator[None]:
-    prepare_airflow(topology)
-    cluster, session = connect(topology, topology.datacenters[0].name)
-    migrations.migrate(cluster, session, topology)
-    cluster.shutdown()
-    yield
+from tests.integration.airflow import run_dag, task_states, xcom
 
 
 def test_a_dry_run_lists_nothing_pending_on_an_up_to_date_schema(airflow: None) -> None:
