@@ -15,6 +15,7 @@ running stack) and in a deployment from Airflow's connection store or a secrets 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from retail.settings import Settings, get_settings
@@ -61,11 +62,14 @@ def environment(topology: Topology, settings: Settings | None = None) -> dict[st
 
 
 def topology_from_extra(extra: dict[str, Any]) -> Topology:
-    """The topology carried by a ``retail_cassandra`` connection's extra."""
+    """The topology carried by a ``retail_cassandra`` connection's extra: inline under
+    ``topology``, or in the JSON file named by ``topology_file`` (a deployment's mounted file)."""
+    if "topology_file" in extra:
+        return Topology.from_json(Path(extra["topology_file"]).read_text())
     if "topology" not in extra:
         raise ValueError(
-            f"connection {CASSANDRA_CONN_ID} has no 'topology' in its extra; "
-            "generate it with `retail airflow-env`"
+            f"connection {CASSANDRA_CONN_ID} has neither 'topology' nor 'topology_file' in its "
+            "extra; generate it with `retail airflow-env`"
         )
     raw = extra["topology"]
     return Topology.from_json(raw if isinstance(raw, str) else json.dumps(raw))

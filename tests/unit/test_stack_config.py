@@ -3,12 +3,19 @@ checked by the servers' own tools (promtool, amtool, statsd_exporter --check-con
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from retail.connections import (
+    CASSANDRA_CONN_ID,
+    KAFKA_CONN_ID,
+    STATSD_CONN_ID,
+    topology_from_extra,
+)
 from retail.settings import get_settings
 from retail.topology import profile_topology
 from stack import cassandra, kafka
@@ -104,3 +111,19 @@ def test_compose_prometheus_targets_carry_the_local_stacks_labels() -> None:
         assert [g["labels"] for g in compose] == [g["labels"] for g in groups], job
         ports = [[t.rsplit(":", 1)[1] for t in g["targets"]] for g in compose]
         assert ports == [[t.rsplit(":", 1)[1] for t in g["targets"]] for g in groups], job
+
+
+def test_compose_airflow_connections_name_a_mounted_topology_of_the_compose_services() -> None:
+    docker = MONITORING.parent / "docker"
+    airflow = yaml.safe_load((docker / "compose.yaml").read_text())["services"]["airflow"]
+    env = airflow["environment"]
+    assert {k for k in env if k.startswith("AIRFLOW_CONN_")} == {
+        f"AIRFLOW_CONN_{c.upper()}" for c in (CASSANDRA_CONN_ID, KAFKA_CONN_ID, STATSD_CONN_ID)
+    }
+    extra = json.loads(env["AIRFLOW_CONN_RETAIL_CASSANDRA"])["extra"]
+    mounts = dict(reversed(v.split(":")[:2]) for v in airflow["volumes"] if ":" in v)
+    local_file = docker / mounts[extra["topology_file"]]
+    topology = topology_from_extra({"topology_file": str(local_file)})
+    assert extra["local_dc"] in {dc.name for dc in topology.datacenters}
+    services = set(yaml.safe_load((docker / "compose.yaml").read_text())["services"])
+    assert {n.address for n in topology.nodes} <= services
