@@ -3,7 +3,7 @@
 Each node gets a directory of its own (``conf/``, ``data/``, ``commitlog/``, ``logs/`` ...), a
 ``cassandra.yaml`` and ``cassandra-rackdc.properties`` rendered from the topology, its own JMX
 port, and two Java agents on its own address: the Prometheus JMX exporter (metrics) and Jolokia
-(JMX over HTTP, which the stack reads for gossip state, load and tokens without starting a
+(JMX over HTTP, read through retail/jolokia.py for gossip state, load and tokens without starting a
 nodetool JVM per question).
 """
 
@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import logging
 import string
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from retail.topology import CassandraNode, Topology
 from stack.fetch import Artifacts
@@ -149,120 +145,3 @@ def nodetool_argv(node: CassandraNode, args: list[str], artifacts: Artifacts) ->
         str(node.jmx_port),
         *args,
     ]
-
-
-class JolokiaError(Exception):
-    """A node's Jolokia agent did not answer (the node is down or still starting)."""
-
-
-STORAGE_SERVICE = "org.apache.cassandra.db:type=StorageService"
-FAILURE_DETECTOR = "org.apache.cassandra.net:type=FailureDetector"
-
-
-def jolokia_read(
-    node: CassandraNode, mbean: str, attributes: list[str], timeout: float = 3.0
-) -> dict[str, Any]:
-    """Read MBean attributes of a node over Jolokia's HTTP/JSON protocol."""
-    url = f"http://{node.address}:{node.jolokia_port}/jolokia/"
-    body = {"type": "read", "mbean": mbean, "attribute": attributes}
-    try:
-        resp = httpx.post(url, json=body, timeout=timeout)
-        data = resp.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise JolokiaError(f"{node.name}: Jolokia at {url} did not answer: {exc}") from exc
-    if data.get("status") != 200:
-        raise JolokiaError(f"{node.name}: Jolokia read of {mbean} failed: {data.get('error')}")
-    return data["value"]
-
-
-def _address(endpoint: str) -> str:
-    """``/127.0.1.1:7000`` or ``127.0.1.1:7000`` -> ``127.0.1.1``."""
-    return endpoint.lstrip("/").rsplit(":", 1)[0]
-
-
-@dataclass(frozen=True)
-class RingView:
-    """What one node knows about the ring: who is up, joining or gone, loads, tokens."""
-
-    observer: str
-    up: frozenset[str]
-    down: frozenset[str]
-    joining: frozenset[str]
-    leaving: frozenset[str]
-    moving: frozenset[str]
-    load_bytes: dict[str, float]
-    tokens: dict[str, list[int]]
-
-    def state(self, address: str) -> str:
-        """Two letters as nodetool prints them: U/D then N(ormal), J, L or M."""
-        status = "U" if address in self.up else "D"
-        if address in self.joining:
-            return status + "J"
-        if address in self.leaving:
-            return status + "L"
-        if address in self.moving:
-            return status + "M"
-        return status + "N"
-
-
-def _parse_load(text: str) -> float:
-    units = {"bytes": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
-    value, _, unit = text.strip().partition(" ")
-    try:
-        return float(value) * units.get(unit, 1)
-    except ValueError:
-        return 0.0
-
-
-def ring_view(node: CassandraNode) -> RingView:
-    """The ring as ``node`` sees it (raises :class:`JolokiaError` if it does not answer)."""
-    ss = jolokia_read(
-        node,
-        STORAGE_SERVICE,
-        [
-            "LiveNodesWithPort",
-            "UnreachableNodesWithPort",
-            "JoiningNodesWithPort",
-            "LeavingNodesWithPort",
-            "MovingNodesWithPort",
-            "LoadMapWithPort",
-            "TokenToEndpointWithPortMap",
-        ],
-    )
-    tokens: dict[str, list[int]] = {}
-    for token, endpoint in (ss["TokenToEndpointWithPortMap"] or {}).items():
-        tokens.setdefault(_address(endpoint), []).append(int(token))
-
-    def addrs(key: str) -> frozenset[str]:
-        return frozenset(_address(e) for e in ss.get(key) or [])
-
-    return RingView(
-        observer=node.address,
-        up=addrs("LiveNodesWithPort"),
-        down=addrs("UnreachableNodesWithPort"),
-        joining=addrs("JoiningNodesWithPort"),
-        leaving=addrs("LeavingNodesWithPort"),
-        moving=addrs("MovingNodesWithPort"),
-        load_bytes={_address(e): _parse_load(v) for e, v in (ss["LoadMapWithPort"] or {}).items()},
-        tokens=tokens,
-    )
-
-
-def dc_ownership(tokens_by_node: dict[str, list[int]], dc_of: dict[str, str]) -> dict[str, float]:
-    """Each node's share of its own DC's token ring (0..1).
-
-    With NetworkTopologyStrategy every DC holds a full copy of the data, so the balance that
-    matters is within a DC: a node owns the range from the previous token of its DC up to its
-    own. Nodes with no known tokens get 0.
-    """
-    ring = 2**64
-    shares: dict[str, float] = dict.fromkeys(dc_of, 0.0)
-    for dc in set(dc_of.values()):
-        owned = sorted(
-            (t, addr) for addr, ts in tokens_by_node.items() if dc_of.get(addr) == dc for t in ts
-        )
-        for i, (token, addr) in enumerate(owned):
-            previous = owned[i - 1][0]
-            span = (token - previous) % ring or ring  # a lone token owns the whole ring
-            shares[addr] += span / ring
-    return shares

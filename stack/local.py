@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from retail import jolokia
 from retail.settings import Settings, get_settings
 from retail.topology import CassandraNode, KafkaBroker, Topology
 from stack import cassandra, kafka, monitoring
@@ -233,15 +234,15 @@ class LocalStack:
             # Ready means: this node sees every other node Up/Normal, and every other node
             # that answers sees this one Up/Normal. The last nodes to start check the others.
             try:
-                view = cassandra.ring_view(node)
-            except cassandra.JolokiaError:
+                view = jolokia.ring_view(node)
+            except jolokia.JolokiaError:
                 return "waiting for its JMX view"
             not_un = [n.name for n in others if view.state(n.address) != "UN"]
             if not_un:
                 return f"sees {', '.join(not_un)} not UN yet"
             for other in others:
-                with contextlib.suppress(cassandra.JolokiaError):
-                    if cassandra.ring_view(other).state(node.address) != "UN":
+                with contextlib.suppress(jolokia.JolokiaError):
+                    if jolokia.ring_view(other).state(node.address) != "UN":
                         return f"{other.name} does not see it UN yet"
             return None
 

@@ -7,8 +7,8 @@ import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from retail import jolokia
 from retail.topology import Topology
-from stack import cassandra
 from stack.local import LocalStack
 
 
@@ -87,11 +87,11 @@ def collect(stack: LocalStack) -> StackStatus:
     for node in topo.nodes:
         if pids[node.name] is None:
             continue
-        with contextlib.suppress(cassandra.JolokiaError):
-            view = cassandra.ring_view(node)
+        with contextlib.suppress(jolokia.JolokiaError):
+            view = jolokia.ring_view(node)
             break
     dc_of = {n.address: n.dc for n in topo.nodes}
-    owns = cassandra.dc_ownership(view.tokens, dc_of) if view else {}
+    owns = jolokia.dc_ownership(view.tokens, dc_of) if view else {}
     nodes = []
     for n in topo.nodes:
         # A node whose process we know is gone is down, whatever gossip has noticed so far.

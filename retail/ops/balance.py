@@ -30,15 +30,15 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from retail.errors import RetailError
-from retail.kafka import Topics
-from retail.topology import Topology
-from stack.cassandra import (
+from retail.jolokia import (
     STORAGE_SERVICE,
     JolokiaError,
     dc_ownership,
     jolokia_read,
     ring_view,
 )
+from retail.kafka import Topics
+from retail.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,9 @@ from typing import Any
 import httpx
 from cassandra.cluster import Session
 
+from retail import jolokia
 from retail.errors import RetailError
+from retail.jolokia import STORAGE_SERVICE
 from retail.metrics import Metrics
 from retail.topology import CassandraNode, Topology
 
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 
 MIN_TOKEN = -(2**63)
 RING_SIZE = 2**64
-STORAGE_SERVICE = "org.apache.cassandra.db:type=StorageService"
 STORAGE_PROXY = "org.apache.cassandra.db:type=StorageProxy"
 SCOPES = ("primary_range", "datacenter")
 MAX_SUBRANGES = 64
@@ -260,17 +261,10 @@ class Jolokia:
         return self._request(node, f"write of {attribute}", body)
 
     def _request(self, node: CassandraNode, operation: str, body: dict[str, Any]) -> Any:
-        url = f"http://{node.address}:{node.jolokia_port}/jolokia/"
         try:
-            data = self.client.post(url, json=body).json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise RepairError(
-                f"{node.name}: its Jolokia agent at {url} did not answer ({exc}); is the node up? "
-                "(`retail stack status`)"
-            ) from exc
-        if data.get("status") != 200:
-            raise RepairError(f"{node.name}: {operation} failed: {data.get('error')}")
-        return data.get("value")
+            return jolokia.request(self.client, node, body, operation)
+        except jolokia.JolokiaError as exc:
+            raise RepairError(str(exc)) from exc
 
 
 def live_range_map(

@@ -39,6 +39,11 @@ def wait_for(
     raise AssertionError(f"{promql} did not get there within {timeout:.0f}s; last: {result}")
 
 
+def value(result: Series) -> float | None:
+    """The value of the first series of an instant query, None if it returned none."""
+    return float(result[0]["value"][1]) if result else None
+
+
 def firing(topology: Topology, alertname: str) -> Series:
     """The alerts named ``alertname`` firing in Prometheus now."""
     return query(topology, f'ALERTS{{alertname="{alertname}", alertstate="firing"}}')

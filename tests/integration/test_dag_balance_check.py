@@ -4,10 +4,8 @@ KafkaPartitionSkew alert fires from those gauges."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
-import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -57,20 +55,8 @@ def partition_of(topology: Topology, topic: str, key: str, partitions: int) -> i
 
 def prometheus_value(topology: Topology, query: str, timeout: float = 45) -> float:
     """The value of an instant query once it returns a series (Prometheus scrapes every 5 s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        resp = httpx.get(f"{topology.prometheus.url}/api/v1/query", params={"query": query})
-        resp.raise_for_status()
-        result = resp.json()["data"]["result"]
-        if result:
-            return float(result[0]["value"][1])
-        if time.monotonic() > deadline:
-            exported = httpx.get(f"{topology.statsd_exporter.url}/metrics").text
-            seen = [line for line in exported.splitlines() if query.split("{")[0] in line]
-            raise AssertionError(
-                f"Prometheus never returned {query}; statsd_exporter has: {seen[:10]}"
-            )
-        time.sleep(1)
+    result = prom.wait_for(topology, query, timeout=timeout)
+    return float(result[0]["value"][1])
 
 
 def test_a_hot_key_shows_up_as_skew_in_the_summary_and_in_prometheus(

@@ -3,11 +3,9 @@ consumers audit clean; a base row deleted on purpose fails the audit, which name
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 from cassandra import ConsistencyLevel
 from cassandra.query import SimpleStatement
@@ -17,6 +15,7 @@ from retail.events import Order
 from retail.generator import StreamGenerator
 from retail.producer import Record
 from retail.topology import Topology
+from tests.integration import prom
 from tests.integration.airflow import run_dag, task_states, xcom
 from tests.integration.pipeline import PipelineRun
 
@@ -117,22 +116,5 @@ def test_a_row_deleted_on_purpose_fails_the_audit_and_names_the_event(
     # The gauge reaches Prometheus through the statsd_exporter mapping.
     label = f"{run.prefix}_orders"
     query = f'retail_audit_missing_rows{{topic="{label}"}}'
-    assert prometheus_value_becomes(run.topology, query, 1.0)
-
-
-def prometheus_value_becomes(
-    topology: Topology, query: str, want: float, timeout: float = 45
-) -> bool:
-    """Poll an instant query until it returns ``want`` (the clean run set 0 before; Prometheus
-    scrapes every 5 s)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        resp = httpx.get(f"{topology.prometheus.url}/api/v1/query", params={"query": query})
-        resp.raise_for_status()
-        if result := resp.json()["data"]["result"]:
-            last = float(result[0]["value"][1])
-            if last == want:
-                return True
-        assert time.monotonic() < deadline, f"{query} is {last}, expected {want}"
-        time.sleep(1)
+    # (the clean run set it to 0 before)
+    prom.wait_for(run.topology, query, lambda r: prom.value(r) == 1.0, timeout=45)

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
@@ -17,6 +16,7 @@ from retail.cassandra import connect
 from retail.ops import repair, replication
 from retail.topology import CassandraNode, Topology
 from stack.local import LocalStack, port_taken
+from tests.integration import prom
 from tests.integration.airflow import run_dag, task_states, xcom
 
 DAG_ID = "replication_repair"
@@ -116,13 +116,6 @@ def _start_again(local_stack: LocalStack, node: CassandraNode) -> None:
     local_stack.start(node.name)
 
 
-def _prometheus_last_success(topology: Topology) -> float | None:
-    query = 'retail_repair_last_success_timestamp_seconds{keyspace="retail",table="stock_by_store"}'
-    body = httpx.get(f"{topology.prometheus.url}/api/v1/query", params={"query": query}).json()
-    result = body["data"]["result"]
-    return float(result[0]["value"][1]) if result else None
-
-
 def test_a_stale_replica_reads_complete_on_its_own_after_the_repair(
     airflow: None, topology: Topology, local_stack: LocalStack, admin: Session
 ) -> None:
@@ -177,12 +170,12 @@ def test_a_stale_replica_reads_complete_on_its_own_after_the_repair(
         state = xcom(run, "report_repair_state")
         assert "retail.stock_by_store" not in state["overdue"]
 
-        deadline = time.monotonic() + 30
-        seen = _prometheus_last_success(topology)
-        while (seen is None or seen < repaired_at.timestamp() - 1) and time.monotonic() < deadline:
-            time.sleep(1)
-            seen = _prometheus_last_success(topology)
-        assert seen is not None and seen >= repaired_at.timestamp() - 1, seen
+        prom.wait_for(
+            topology,
+            'retail_repair_last_success_timestamp_seconds{keyspace="retail",table="stock_by_store"}',
+            lambda r: (prom.value(r) or 0) >= repaired_at.timestamp() - 1,
+            timeout=30,
+        )
     finally:
         try:
             if stale.name not in local_stack.running():

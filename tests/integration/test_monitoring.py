@@ -5,16 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 
-import httpx
 import statsd
 
 from retail.topology import Topology
-
-
-def _query(topology: Topology, promql: str) -> list[dict]:
-    resp = httpx.get(f"{topology.prometheus.url}/api/v1/query", params={"query": promql}, timeout=5)
-    resp.raise_for_status()
-    return resp.json()["data"]["result"]
+from tests.integration import prom
 
 
 def test_a_statsd_counter_shows_up_in_a_prometheus_query(topology: Topology) -> None:
@@ -24,14 +18,7 @@ def test_a_statsd_counter_shows_up_in_a_prometheus_query(topology: Topology) -> 
     client.incr(f"test.probe.{probe}", 5)
 
     promql = f'retail_test_probe_total{{probe="{probe}"}}'
-    deadline = time.monotonic() + 60
-    result: list[dict] = []
-    while time.monotonic() < deadline:
-        result = _query(topology, promql)
-        if result and float(result[0]["value"][1]) == 12:
-            break
-        time.sleep(1)
-    assert result, f"{promql} never appeared in Prometheus"
+    result = prom.wait_for(topology, promql, lambda r: prom.value(r) == 12, timeout=60)
     assert float(result[0]["value"][1]) == 12
     assert result[0]["metric"]["job"] == "statsd_exporter"
 
@@ -41,7 +28,7 @@ def test_prometheus_scrapes_every_part_of_the_stack(topology: Topology) -> None:
     while True:
         up = {
             (r["metric"]["job"], r["metric"]["instance"]): r["value"][1]
-            for r in _query(topology, "up")
+            for r in prom.query(topology, "up")
         }
         if len(up) >= 4 + len(topology.nodes) and all(v == "1" for v in up.values()):
             break
@@ -49,7 +36,7 @@ def test_prometheus_scrapes_every_part_of_the_stack(topology: Topology) -> None:
         time.sleep(1)
     jobs = {job for job, _ in up}
     assert jobs == {"prometheus", "alertmanager", "statsd_exporter", "cassandra", "kafka"}
-    nodes = _query(topology, 'up{job="cassandra"}')
+    nodes = prom.query(topology, 'up{job="cassandra"}')
     assert {(r["metric"]["dc"], r["metric"]["node"]) for r in nodes} == {
         (n.dc, n.name) for n in topology.nodes
     }

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from cassandra.query import BatchStatement
 
@@ -23,6 +22,7 @@ from retail.rows import INSERTS, rows_for
 from retail.topology import Topology
 from stack.local import LocalStack
 from streaming.sink import partition_batches
+from tests.integration import prom
 from tests.integration.pipeline import PipelineRun
 
 
@@ -85,16 +85,12 @@ def test_n_events_become_exactly_n_rows_in_every_dc_with_exact_rollups(run: Pipe
 def assert_metrics_labelled(topology: Topology, regions: list[str]) -> None:
     """The consumers' StatsD counters arrive in Prometheus with region/topic/outcome labels."""
     promql = 'sum by (region) (retail_consumer_events_total{outcome="written", topic="orders"})'
-    deadline = time.monotonic() + 30
-    while True:
-        resp = httpx.get(
-            f"{topology.prometheus.url}/api/v1/query", params={"query": promql}, timeout=5
-        ).json()["data"]["result"]
-        written = {r["metric"]["region"]: float(r["value"][1]) for r in resp}
-        if set(written) == set(regions) and all(v > 0 for v in written.values()):
-            return
-        assert time.monotonic() < deadline, f"consumer metrics not in Prometheus: {written}"
-        time.sleep(1)
+
+    def written_in_every_region(result: prom.Series) -> bool:
+        written = {r["metric"]["region"]: float(r["value"][1]) for r in result}
+        return set(written) == set(regions) and all(v > 0 for v in written.values())
+
+    prom.wait_for(topology, promql, written_in_every_region, timeout=30)
 
 
 def test_invalid_events_reach_the_dead_letter_topic_and_valid_ones_all_land(

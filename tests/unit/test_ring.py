@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from retail.jolokia import RingView, _address, _parse_load, dc_ownership
 from retail.topology import balanced_tokens
-from stack.cassandra import RingView, _address, _parse_load, dc_ownership
 
 
 def test_dc_ownership_is_each_nodes_share_of_its_own_dcs_ring() -> None:
