@@ -8,7 +8,9 @@ checked.
 Validation happens in three layers, cheapest first:
 
 * msgspec checks types and per-field constraints (ranges, lengths, enums, required fields)
-  while it parses, in C.
+  while it parses, in C. An integer may be written as a float with a zero fraction (``2.0``,
+  ``2e0``), as JSON Schema's ``integer`` allows; msgspec refuses that, so :func:`decode` then
+  takes a slower second path for that message (see ``_decode_integral_floats``).
 * ``__post_init__`` checks the identifier formats and the rules that are part of what an event
   *is* (the order total equals its lines, a delta movement is non-zero and bounded), and
   normalises ``event_time`` to UTC. These hold for every event, decoded or built in Python.
@@ -40,6 +42,7 @@ from retail.topology import REGIONS
 __all__ = [
     "CURRENCIES",
     "CUSTOMER_ID_PATTERN",
+    "EVENT_TIME_PATTERN",
     "EVENT_TYPES",
     "INVENTORY_REASONS",
     "MAX_FUTURE",
@@ -122,17 +125,29 @@ Currency = Annotated[
     CurrencyCode,
     Meta(description="ISO 4217 code of the store's currency. JPY amounts are whole yen."),
 ]
+# What msgspec 0.22 parses as a datetime with an offset (measured: the table is in
+# tests/unit/test_events.py): RFC 3339 with "T", "t" or a space between date and time, "Z", "z",
+# ±hh:mm or ±hhmm, any number of fraction digits; no leap second, no 24:00:00, no year 0000, no
+# offset hour above 23. It also checks the day against the month, which this pattern does not.
+_DATE = (
+    "(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+    "-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+)
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
+_OFFSET = "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])"
+EVENT_TIME_PATTERN = f"^{_DATE}[Tt ]{_TIME}{_OFFSET}$"
 EventTime = Annotated[
     datetime,
     Meta(
         tz=True,
         description=(
-            "RFC 3339 time with a UTC offset (naive times are rejected), normalised to UTC. "
-            "Consumers refuse times before 2000-01-01 or more than one day in the future."
+            "Date and time with a UTC offset, as in RFC 3339 but without leap seconds; a space "
+            "or t may also separate date and time, and the offset may omit its colon (+0200). "
+            "Normalised to UTC, fractions rounded to the microsecond. Consumers refuse a day "
+            "its month does not have (2025-02-30) and times before 2000-01-01 or more than one "
+            "day ahead of their clock."
         ),
-        # For schema validators, which rarely assert "format": the offset is required. msgspec
-        # also takes +hhmm without the colon, so the schema does too.
-        extra_json_schema={"pattern": "(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})$"},
+        extra_json_schema={"pattern": EVENT_TIME_PATTERN},
     ),
 ]
 SchemaVersion = Annotated[int, Meta(ge=1, description="Version of this event's schema.")]
@@ -331,6 +346,94 @@ def _validation_reason(message: str) -> str:
     return f"{field}: {message}" if field else message
 
 
+def _unreadable(data: bytes, exc: Exception) -> str:
+    """The reason for a message that is not JSON (or too deep to read)."""
+    if isinstance(exc, UnicodeDecodeError):
+        # msgspec validates UTF-8 lazily, when it builds a str from the bytes of a string.
+        return f"not valid UTF-8: {exc}"
+    if isinstance(exc, RecursionError):
+        return "not a valid event: JSON nested too deeply"
+    return "empty message" if not data else f"not valid JSON: {exc}"
+
+
+# decode's slow path. JSON Schema's "integer" is any number with a zero fractional part, so the
+# schema accepts 2.0 and 2e0, which msgspec's strict int refuses; its lax mode would also turn
+# "2" into 2, which the schema refuses. Such messages are rare, so decode only comes here after
+# the strict decoder failed with this message, and reads the message a second time.
+_INT_GOT_FLOAT = "Expected `int`, got `float`"
+# float_hook=float: a number beyond a double (1e400) reads as inf instead of failing, as the
+# strict decoder skips an unknown field without converting its numbers.
+_JSON_DECODER = msgspec.json.Decoder(float_hook=float)
+# Per struct, its integer fields (None) and its fields of structs, or sequences of structs, with
+# integer fields of their own (the nested table).
+_IntFields: TypeAlias = "dict[str, _IntFields | None]"
+
+
+def _bare(t: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    while isinstance(t, msgspec.inspect.Metadata):  # descriptions, examples
+        t = t.type
+    return t
+
+
+def _int_fields(struct: msgspec.inspect.StructType) -> _IntFields:
+    """The integer fields of ``struct``, from its type: a new one is covered without a change."""
+    fields: _IntFields = {}
+    for field in struct.fields:
+        t = _bare(field.type)
+        if isinstance(t, (msgspec.inspect.ListType, msgspec.inspect.VarTupleType)):
+            t = _bare(t.item_type)
+        if isinstance(t, msgspec.inspect.IntType):
+            fields[field.encode_name] = None
+        elif isinstance(t, msgspec.inspect.StructType):
+            fields[field.encode_name] = _int_fields(t)
+        elif "IntType(" in repr(t):  # int | None, dict[str, int], ...: not handled below
+            raise TypeError(f"decode's slow path does not handle the type of {field.name}")
+    return fields
+
+
+_INT_FIELDS: dict[str, _IntFields] = {
+    str(t.tag): _int_fields(t) for t in msgspec.inspect.type_info(Event).types
+}
+
+
+def _ints_for_integral_floats(obj: dict[str, Any], fields: _IntFields) -> None:
+    # Only the integer fields: 5.0 for event_id must still read "Expected `str`, got `float`".
+    for name, nested in fields.items():
+        value = obj.get(name)
+        if nested is None:
+            if type(value) is float and value.is_integer():
+                obj[name] = int(value)
+        elif type(value) is dict:
+            _ints_for_integral_floats(value, nested)
+        elif type(value) is list:
+            for item in value:
+                if type(item) is dict:
+                    _ints_for_integral_floats(item, nested)
+
+
+def _decode_integral_floats(data: bytes) -> Event:
+    """decode's slow path, for a message with a float where the model has an int.
+
+    The message is read as plain JSON, integral floats of integer fields become ints, and
+    ``msgspec.convert`` validates the result with the same types, constraints and
+    ``__post_init__`` checks, in document order: the reason for a message that is still invalid
+    reads as the strict decoder's would (2.5 gives "Expected `int`, got `float`"). It differs
+    only on messages that are not I-JSON or that both paths refuse: a duplicate member name
+    counts once, with its last value (the strict decoder checks each); invalid UTF-8 in an
+    unknown field is refused (the strict decoder skips it unread); a number beyond a double
+    (1e400) in a field reads "Expected `int`, got `float`", not "Number out of range".
+    """
+    try:
+        doc = _JSON_DECODER.decode(data)
+        if type(doc) is dict and type(tag := doc.get("type")) is str and tag in _INT_FIELDS:
+            _ints_for_integral_floats(doc, _INT_FIELDS[tag])
+        return msgspec.convert(doc, Event, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(_validation_reason(str(exc))) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidEvent(_unreadable(data, exc)) from None
+
+
 def decode(data: bytes) -> Event:
     """Decode and validate one Kafka message value.
 
@@ -342,15 +445,12 @@ def decode(data: bytes) -> Event:
     try:
         event = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
-        raise InvalidEvent(_validation_reason(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        reason = "empty message" if not data else f"not valid JSON: {exc}"
-        raise InvalidEvent(reason) from None
-    except UnicodeDecodeError as exc:
-        # msgspec validates UTF-8 lazily, when it builds a str from the bytes of a string.
-        raise InvalidEvent(f"not valid UTF-8: {exc}") from None
-    except RecursionError:
-        raise InvalidEvent("not a valid event: JSON nested too deeply") from None
+        message = str(exc)
+        if not message.startswith(_INT_GOT_FLOAT):
+            raise InvalidEvent(_validation_reason(message)) from None
+        event = _decode_integral_floats(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidEvent(_unreadable(data, exc)) from None
     except TypeError:
         if data is None:
             raise InvalidEvent("message has no value (null)") from None
@@ -375,10 +475,16 @@ def encode(event: Event) -> bytes:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of an event, as published in ``schemas/``.
 
-    Two rules cannot be expressed in it, and the descriptions state them: an order's total must
-    equal its lines, and consumers refuse an ``event_time`` outside their time window.
+    Three rules cannot be expressed in it, and the descriptions state them: an order's total
+    must equal its lines, and consumers refuse an ``event_time`` on a day that its month does not
+    have or outside their time window.
     """
     generated = msgspec.json.schema(Event)
+    # msgspec adds "format": "date-time" (RFC 3339) to event_time. A validator that asserts
+    # formats would then refuse the space separator and ±hhmm, which the consumers accept; the
+    # pattern states exactly what they accept.
+    for name in ("Order", "InventoryMovement"):
+        del generated["$defs"][name]["properties"]["event_time"]["format"]
     # The per-kind quantity bounds of InventoryMovement.__post_init__, which msgspec cannot
     # derive from the type; the total and the time window stay beyond JSON Schema.
     generated["$defs"]["InventoryMovement"]["allOf"] = [
@@ -399,7 +505,9 @@ def json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Retail event",
         "description": (
-            "One event per Kafka message, tagged by `type`. Unknown fields are ignored. "
+            "One event per Kafka message, tagged by `type`: an I-JSON object (RFC 7493: UTF-8, "
+            "unique member names, no lone surrogates). Unknown fields are ignored. An integer "
+            "may have a zero fraction (2.0, 2e0). "
             "Generated from retail/events.py by `python -m retail.events --schema`."
         ),
         **generated,
