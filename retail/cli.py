@@ -94,7 +94,7 @@ def demo(
     report, then the audit, balance, view and repair DAGs through Airflow's REST API."""
     import time
 
-    from retail.kafka import Topics, ensure_topics, group_lag
+    from retail.kafka import Topics, ensure_topics, region_lag
     from retail.topology import current_topology
     from stack import cli as stack_cli
     from stack.airflow import AirflowServers, task_result
@@ -123,13 +123,11 @@ def demo(
         console.print(f"{proc.name}: pid {proc.pid()}, log {proc.main_log}")
     try:
         console.rule(f"4. streaming events for {duration:.0f}s at {rate:.0f}/s")
-        produce(
-            count=None, duration=duration, rate=rate, replay=None, seed=int(time.time()), stores=20
-        )
+        produce(count=None, duration=duration, rate=rate, replay=None, seed=None, stores=20)
         with console.status("waiting for the consumers to write everything") as status:
             deadline = time.monotonic() + 300
-            groups = [f"{get_settings().topic_prefix}-{dc.name}" for dc in topology.datacenters]
-            while (lag := sum(group_lag(topology, topics_, g) for g in groups)) > 0:
+            regions = [dc.name for dc in topology.datacenters]
+            while (lag := sum(region_lag(topology, topics_, r) for r in regions)) > 0:
                 dead = [p.name for p in consumers if not p.alive()]
                 if dead or time.monotonic() > deadline:
                     raise RetailError(
@@ -225,12 +223,19 @@ def produce(
     duration: Annotated[float | None, typer.Option(help="Seconds to stream for.")] = None,
     rate: Annotated[float | None, typer.Option(help="Events per second (default: max).")] = None,
     replay: Annotated[Path | None, typer.Option(help="Send a JSON-lines file as it is.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the generated stream.")] = 7,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the generated stream: the same seed sends the same events again "
+            "(same ids, so it changes nothing already written). Default: a new one each run."
+        ),
+    ] = None,
     stores: Annotated[int, typer.Option(help="Stores per region.")] = 20,
 ) -> None:
     """Stream realistic retail events into Kafka (stores in all three regions, skewed store and
     product popularity, inventory that follows sales), or replay a JSON-lines file."""
     import itertools
+    import secrets
     import time
     from datetime import UTC, datetime
 
@@ -250,6 +255,9 @@ def produce(
         records = records_from_jsonl(replay, topics_)
         total = None
     else:
+        if seed is None:
+            seed = secrets.randbits(31)
+            console.print(f"seed {seed} (pass --seed {seed} to send this stream again)")
         # Event times start now and advance at the target rate (or 1,000/s when unthrottled).
         gen = StreamGenerator(
             seed=seed,

@@ -162,7 +162,7 @@ def pipeline() -> object:
     )
     b.series(
         "Events per second, by topic and outcome",
-        "consumed = written + deadlettered + skipped (another region's events).",
+        "consumed = written + deadlettered + duplicate (a version already stored, or older).",
         [
             (
                 "sum by (topic, outcome) (rate(retail_consumer_events_total[1m]))",

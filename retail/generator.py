@@ -18,12 +18,15 @@ What makes it realistic enough to find problems a uniform stream hides:
   (simulated time, not the wall clock), so they increase strictly, globally and per store.
 
 Everything, event ids included, comes from one ``random.Random(seed)``: the same arguments give
-the same stream.
+the same stream. Order ids carry a tag of the seed (``store-0007-1f3a9c2e-00000042``), so streams
+of different seeds never share an order id: a second run with another seed adds orders instead
+of re-sending (and so replacing) the first run's.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import logging
 import random
@@ -155,6 +158,7 @@ class StreamGenerator:
             raise ConfigError(f"no currencies known for region(s) {missing}: add them above")
 
         self.seed = seed
+        self.tag = hashlib.blake2b(str(seed).encode(), digest_size=4).hexdigest()
         self._rng = rng = random.Random(seed)
         self._start = start.astimezone(UTC)
         self._rate = events_per_second
@@ -301,7 +305,7 @@ class StreamGenerator:
             region_base = self._region_index[store.region] * self._customers
             yield Order(
                 event_id=event_id(),
-                order_id=f"{store.store_id}-{seq:08d}",
+                order_id=f"{store.store_id}-{self.tag}-{seq:08d}",
                 store_id=store.store_id,
                 region=store.region,
                 customer_id=f"cust-{region_base + rng.randint(1, self._customers):06d}",

@@ -1,32 +1,72 @@
-"""Kafka topics of the platform, created idempotently, and client configs from the topology."""
+"""The platform's Kafka conventions in one place: topic names, the routing of an event to its
+topic, headers, consumer group names; topics created idempotently.
+
+Routing: one topic per region and event type, ``<prefix>.<region>.<type>`` (``retail.eu-west.
+orders``), keyed by store, so that a store's events stay in order in one partition and each
+regional consumer group reads only its own region's events. A producer picks the topic from the
+event's ``region`` and ``type`` fields and puts the region in the ``region`` header too. A
+message whose region the producer cannot tell (a line that is not valid JSON, a region nobody
+knows) goes to ``<prefix>.unrouted``, which the first region's group reads and dead-letters
+from (the catch-all). Anything that cannot be written lands in ``<prefix>.deadletter`` with the
+reason and its origin in headers.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from retail.errors import RetailError
-from retail.topology import Topology
+from retail.topology import REGIONS, Topology
 
 log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("orders", "inventory")
+# The event ``type`` field -> the topic kind that carries it.
+TOPIC_KIND = {"order": "orders", "inventory": "inventory"}
+
+REGION_HEADER = "region"  # set by the producer; must agree with the topic and the body
+# Headers of a dead letter: why, and where the message came from.
+DLQ_REASON = "reason"
+DLQ_ORIGIN_TOPIC = "origin.topic"
+DLQ_ORIGIN_PARTITION = "origin.partition"
+DLQ_ORIGIN_OFFSET = "origin.offset"
+DLQ_CONSUMER_REGION = "consumer.region"
+DLQ_FAILED_AT = "failed_at"
+# A message too large for the dead-letter topic is dead-lettered by reference: these headers
+# say so and how large it was; the payload itself stays in its origin topic.
+DLQ_PAYLOAD_OMITTED = "payload.omitted"
+DLQ_PAYLOAD_SIZE = "payload.size"
+
+
+def group_name(prefix: str, region: str) -> str:
+    """The consumer group of a region: ``retail-eu-west``."""
+    return f"{prefix}-{region}"
+
+
+def header(headers: list[tuple[str, bytes | None]] | None, name: str) -> str | None:
+    """The first value of header ``name``, decoded (None when absent)."""
+    for key, value in headers or []:
+        if key == name and value is not None:
+            return value.decode(errors="replace")
+    return None
 
 
 @dataclass(frozen=True)
 class Topics:
-    """One topic per event type, keyed by store, plus the dead-letter topic."""
+    """The topics of one prefix: an event topic per region and type, unrouted, dead letters."""
 
-    orders: str = "retail.orders"
-    inventory: str = "retail.inventory"
-    deadletter: str = "retail.deadletter"
+    prefix: str = "retail"
     partitions: int = 12
+    regions: tuple[str, ...] = field(default_factory=lambda: tuple(r.dc for r in REGIONS))
 
     @classmethod
     def named(cls, prefix: str = "retail", partitions: int = 12) -> Topics:
-        """The topics under another prefix (``it-3f2a.orders`` ...): isolated runs, same code."""
-        return cls(f"{prefix}.orders", f"{prefix}.inventory", f"{prefix}.deadletter", partitions)
+        """The topics under another prefix (``it-3f2a.eu-west.orders`` ...): isolated runs."""
+        return cls(prefix, partitions)
 
     @classmethod
     def from_settings(cls) -> Topics:
@@ -35,27 +75,100 @@ class Topics:
         s = get_settings()
         return cls.named(s.topic_prefix, s.topic_partitions)
 
+    def topic(self, region: str, kind: str) -> str:
+        """``<prefix>.<region>.<kind>``; kind is ``orders`` or ``inventory``."""
+        return f"{self.prefix}.{region}.{kind}"
+
+    def orders(self, region: str) -> str:
+        return self.topic(region, "orders")
+
+    def inventory(self, region: str) -> str:
+        return self.topic(region, "inventory")
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    @property
+    def unrouted(self) -> str:
+        return f"{self.prefix}.unrouted"
+
+    def of_region(self, region: str) -> list[str]:
+        """The event topics one region's group reads."""
+        return [self.topic(region, kind) for kind in EVENT_TYPES]
+
+    def read_by(self, region: str) -> list[str]:
+        """Every topic the region's consumer group subscribes to: its event topics, and the
+        unrouted topic for the catch-all (the first region)."""
+        topics = self.of_region(region)
+        return [*topics, self.unrouted] if self.is_catch_all(region) else topics
+
+    def is_catch_all(self, region: str) -> bool:
+        return region == self.regions[0]
+
     @property
     def events(self) -> list[str]:
-        return [self.orders, self.inventory]
+        """Every event topic of every region, and the unrouted topic."""
+        return [t for r in self.regions for t in self.of_region(r)] + [self.unrouted]
 
-    def for_type(self, event_type: str) -> str:
-        return {"order": self.orders, "inventory": self.inventory}[event_type]
+    @property
+    def all(self) -> list[str]:
+        return [*self.events, self.deadletter]
+
+    def for_event(self, event_type: str | None, region: str | None) -> str:
+        """Where a producer sends a message of ``event_type`` (the body's ``type``) for
+        ``region``: the region's topic of that kind, or unrouted when the region is unknown.
+        An unknown type of a known region goes to its orders topic (its group dead-letters it)."""
+        if region not in self.regions:
+            return self.unrouted
+        return self.topic(region, TOPIC_KIND.get(event_type or "", "orders"))
+
+    def region_of(self, topic: str) -> str | None:
+        """The region whose events ``topic`` carries (None for unrouted and other topics)."""
+        parts = topic.split(".")
+        if len(parts) == 3 and parts[0] == self.prefix and parts[1] in self.regions:
+            return parts[1]
+        return None
 
     @staticmethod
     def short(topic: str) -> str:
-        """The metric-safe name of a topic (no dots): ``retail.orders`` -> ``orders``."""
+        """The event kind of a topic, for metric names (no dots): ``retail.eu-west.orders`` ->
+        ``orders``; ``retail.unrouted`` -> ``unrouted``."""
         return topic.rsplit(".", 1)[-1]
+
+    def metric_name(self, topic: str) -> str:
+        """A topic's name in metric names, unique within the prefix and without dots:
+        ``retail.eu-west.orders`` -> ``eu-west_orders``, ``retail.deadletter`` -> ``deadletter``."""
+        rest = topic.removeprefix(f"{self.prefix}.")
+        return rest.replace(".", "_")
+
+
+def misrouted(topics: Topics, topic: str, header: str | None, region: str, kind: str) -> str | None:
+    """Why a valid event of ``region`` and ``kind`` (``order`` or ``inventory``), read from
+    ``topic`` with this ``region`` header, is not its region's to write (None if it is): the
+    consumers dead-letter it with this reason, and the audit expects them to."""
+    if header is not None and header != region:
+        return f"region header says {header!r} but the event's region is {region!r}"
+    expected = topics.for_event(kind, region)
+    if topic != expected:
+        return f"an event of region {region} on {topic}; producers send it to {expected}"
+    return None
 
 
 def ensure_topics(topology: Topology, topics: Topics, timeout: float = 30.0) -> list[str]:
     """Create the platform's topics if missing; returns the ones created."""
     admin = AdminClient({"bootstrap.servers": topology.bootstrap_servers})
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise RetailError(
+            f"Kafka at {topology.bootstrap_servers} did not answer within {timeout:.0f}s ({exc}); "
+            "is it up? (`retail stack status`)"
+        ) from exc
     rf = min(3, len(topology.brokers))
     wanted = [
         NewTopic(t, num_partitions=topics.partitions, replication_factor=rf)
-        for t in [*topics.events, topics.deadletter]
+        for t in topics.all
         if t not in existing
     ]
     if not wanted:
@@ -72,8 +185,11 @@ def ensure_topics(topology: Topology, topics: Topics, timeout: float = 30.0) -> 
     return created
 
 
-def group_lag(topology: Topology, topics: Topics, group: str, timeout: float = 10.0) -> int:
-    """Messages on the event topics that ``group`` has not committed yet."""
+def group_lag(
+    topology: Topology, topics: list[str], group: str, partitions: int, timeout: float = 10.0
+) -> int:
+    """Messages on ``topics`` (each with ``partitions`` partitions) that ``group`` has not
+    committed yet."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
@@ -84,7 +200,7 @@ def group_lag(topology: Topology, topics: Topics, group: str, timeout: float = 1
         }
     )
     try:
-        parts = [TopicPartition(t, p) for t in topics.events for p in range(topics.partitions)]
+        parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         total = 0
         for tp in consumer.committed(parts, timeout=timeout):
             _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
@@ -92,3 +208,14 @@ def group_lag(topology: Topology, topics: Topics, group: str, timeout: float = 1
         return total
     finally:
         consumer.close()
+
+
+def region_lag(topology: Topology, topics: Topics, region: str, timeout: float = 10.0) -> int:
+    """What the region's consumer group has not committed yet, over every topic it reads."""
+    return group_lag(
+        topology,
+        topics.read_by(region),
+        group_name(topics.prefix, region),
+        topics.partitions,
+        timeout,
+    )

@@ -1,6 +1,6 @@
 """Publishing retail events to Kafka: keyed by store (a store's events stay in order, in one
-partition), routed by type to its topic, with the store's region in a header so that regional
-consumers can skip other regions' events without decoding them."""
+partition), routed by region and type to its topic (:class:`retail.kafka.Topics`), with the
+store's region in the ``region`` header as well."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 
 from retail.errors import RetailError
 from retail.events import Event, Order, encode
-from retail.kafka import Topics
+from retail.kafka import REGION_HEADER, Topics
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,15 @@ class Record:
 
 def records_from_events(events: Iterable[Event], topics: Topics) -> Iterator[Record]:
     for e in events:
-        topic = topics.orders if isinstance(e, Order) else topics.inventory
-        yield Record(topic, e.store_id.encode(), encode(e), e.region)
+        kind = "order" if isinstance(e, Order) else "inventory"
+        yield Record(topics.for_event(kind, e.region), e.store_id.encode(), encode(e), e.region)
 
 
 def records_from_jsonl(path: Path, topics: Topics) -> Iterator[Record]:
     """Replay a JSON-lines file as it is, valid or not: bad lines are the consumers' to reject
     (they reach the dead-letter topic), so they are sent unchanged. The topic, key and region
-    come from the line when it parses far enough to tell them."""
+    come from the line when it parses far enough to tell them; a line whose region cannot be
+    told goes to the unrouted topic."""
     with path.open("rb") as f:
         for raw in f:
             line = raw.rstrip(b"\r\n")
@@ -52,14 +53,14 @@ def records_from_jsonl(path: Path, topics: Topics) -> Iterator[Record]:
                 obj = None
             fields = obj if isinstance(obj, dict) else {}
             kind = fields.get("type")
-            topic = topics.inventory if kind == "inventory" else topics.orders
             store = fields.get("store_id")
             region = fields.get("region")
+            region = region if isinstance(region, str) else None
             yield Record(
-                topic,
+                topics.for_event(kind if isinstance(kind, str) else None, region),
                 str(store).encode() if store else None,
                 line,
-                region if isinstance(region, str) else None,
+                region,
             )
 
 
@@ -98,7 +99,7 @@ class EventProducer:
         started = time.monotonic()
         sent = 0
         for rec in records:
-            headers = [("region", rec.region.encode())] if rec.region else None
+            headers = [(REGION_HEADER, rec.region.encode())] if rec.region else None
             while True:
                 try:
                     self.producer.produce(

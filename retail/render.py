@@ -51,8 +51,15 @@ def report_tables(report: Report) -> list[Table]:
     tables += [
         _table(
             f"Top products in {region}",
-            ("sku", "units", "revenue (minor units)"),
-            ((p.sku, f"{p.units:,}", f"{p.revenue_cents:,}") for p in products),
+            ("sku", "units", "revenue"),
+            (
+                (
+                    p.sku,
+                    f"{p.units:,}",
+                    ", ".join(money(c, cur) for cur, c in sorted(p.revenue_by_currency.items())),
+                )
+                for p in products
+            ),
         )
         for region, products in report.top_products.items()
     ]

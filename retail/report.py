@@ -1,7 +1,8 @@
 """The retail questions, answered from the query tables and the materialized view.
 
 Every query reads one partition (a region's day, a store's day, a customer, a store): the
-tables were shaped for these questions, so no query scans the cluster.
+tables were shaped for these questions, so no query scans the cluster. The top products of a
+region's day add up its stores' days (the stores come from the region's day).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import date
 from typing import Any
 
 from cassandra.cluster import Session
+from cassandra.concurrent import execute_concurrent_with_args
 
 from retail.rows import KEYSPACE
 
@@ -37,7 +39,7 @@ class RegionSales:
 class ProductSales:
     sku: str
     units: int
-    revenue_cents: int
+    revenue_by_currency: dict[str, int]  # minor units; never summed across currencies
 
 
 @dataclass
@@ -60,7 +62,11 @@ def region_sales(session: Session, region: str, day: date) -> RegionSales:
         [region, day],
     )
     stores = sorted(
-        (StoreSales(r.store_id, r.order_count, r.revenue_cents, r.currency) for r in rows),
+        (
+            StoreSales(r.store_id, r.order_count, r.revenue_cents, r.currency)
+            for r in rows
+            if r.order_count  # a store whose only order moved to another day holds zero
+        ),
         key=lambda s: -s.orders,
     )
     by_currency: dict[str, int] = defaultdict(int)
@@ -71,19 +77,28 @@ def region_sales(session: Session, region: str, day: date) -> RegionSales:
     )
 
 
-def top_products(session: Session, region: str, day: date, limit: int = 5) -> list[ProductSales]:
+def top_products(
+    session: Session, stores: list[StoreSales], day: date, limit: int = 5
+) -> list[ProductSales]:
+    """The products that sold the most units in ``stores`` on ``day``, with their revenue in
+    each currency they sold in."""
     units: dict[str, int] = defaultdict(int)
-    revenue: dict[str, int] = defaultdict(int)
-    rows = session.execute(
-        f"SELECT sku, quantity, revenue_cents FROM {KEYSPACE}.product_sales_by_region_day "
-        "WHERE region = %s AND day = %s",
-        [region, day],
+    revenue: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    stmt = session.prepare(
+        f"SELECT sku, units, revenue_cents FROM {KEYSPACE}.product_sales_by_store_day "
+        "WHERE store_id = ? AND day = ?"
     )
-    for r in rows:
-        units[r.sku] += r.quantity
-        revenue[r.sku] += r.revenue_cents
+    results = execute_concurrent_with_args(
+        session, stmt, [(s.store_id, day) for s in stores], concurrency=32
+    )
+    for (ok, rows), store in zip(results, stores, strict=True):
+        if not ok:
+            raise rows
+        for r in rows:
+            units[r.sku] += r.units
+            revenue[r.sku][store.currency or "?"] += r.revenue_cents
     ranked = sorted(units, key=lambda sku: (-units[sku], sku))[:limit]
-    return [ProductSales(sku, units[sku], revenue[sku]) for sku in ranked]
+    return [ProductSales(sku, units[sku], dict(revenue[sku])) for sku in ranked if units[sku]]
 
 
 def store_hours(session: Session, store_id: str, day: date) -> list[dict[str, Any]]:
@@ -148,7 +163,7 @@ def build(
     for region in regions:
         sales = region_sales(session, region, day)
         report.regions.append(sales)
-        report.top_products[region] = top_products(session, region, day, top)
+        report.top_products[region] = top_products(session, sales.stores, day, top)
     stores = [store] if store else [r.stores[0].store_id for r in report.regions if r.stores]
     for s in stores:
         report.store_hours[s] = store_hours(session, s, day)

@@ -1,87 +1,178 @@
-"""From events to Cassandra rows, and the arithmetic of the application-maintained rollups.
+"""From events to Cassandra rows: the tables, the base rows an event writes, and the CQL of the
+identity reads and the rollup rows.
 
 Idempotency lives here. Every base row's primary key comes from the event (order id, event id,
-line number), and every base write carries ``USING TIMESTAMP`` = the event time in microseconds:
-a replayed event writes the same cells with the same timestamp, so it changes nothing, and an
-older event replayed after a newer one cannot overwrite it. Rollups are never incremented: they
-are recomputed from the base rows of the buckets a batch touched (see :mod:`streaming.sink`).
+store, day, event time), and every base write carries ``USING TIMESTAMP`` = the event time in
+microseconds: a replayed event writes the same cells with the same timestamp, so it changes
+nothing. An id's table (``orders``, ``inventory_movements``) is its identity record: it holds
+the version last written and the Kafka position it came from (``source``). A later version of
+an id deletes the rows of the one it supersedes with its own timestamp, so a stale rewrite of
+them can never show again. How rollups are folded in is :mod:`retail.aggregates`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from retail.events import Event, InventoryMovement, Order
+from retail.events import Event, InventoryMovement, LineItem, Order
 
 KEYSPACE = "retail"
 
 # Every table the pipeline writes (the materialized view follows its base table).
-TABLES = (
-    "orders",
-    "orders_by_store_day",
-    "product_sales_by_region_day",
-    "inventory_by_store_day",
-    "inventory_by_store_sku",
-    "stock_by_store",
+BASE_TABLES = ("orders", "orders_by_store_day", "inventory_movements", "inventory_by_store_day")
+ROLLUP_TABLES = (
     "sales_by_store_hour",
     "sales_by_region_day",
+    "product_sales_by_store_day",
+    "stock_by_store",
 )
+TABLES = BASE_TABLES + ROLLUP_TABLES
 
-# Base-row writes, by name. Each takes its row values then the write timestamp.
-INSERTS: dict[str, str] = {
+# Base-row columns, by table, in the order rows_for binds them (the write timestamp follows).
+BASE_COLUMNS: dict[str, tuple[str, ...]] = {
     "orders": (
-        f"INSERT INTO {KEYSPACE}.orders (order_id, event_id, store_id, region, customer_id, "
-        "currency, total_cents, item_count, lines, event_time) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        "order_id",
+        "event_id",
+        "store_id",
+        "region",
+        "customer_id",
+        "currency",
+        "total_cents",
+        "item_count",
+        "lines",
+        "event_time",
+        "source",
     ),
     "orders_by_store_day": (
-        f"INSERT INTO {KEYSPACE}.orders_by_store_day (store_id, day, event_time, order_id, "
-        "region, customer_id, currency, total_cents, item_count) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        "store_id",
+        "day",
+        "event_time",
+        "order_id",
+        "region",
+        "customer_id",
+        "currency",
+        "total_cents",
+        "item_count",
+        "lines",
     ),
-    "product_sales": (
-        f"INSERT INTO {KEYSPACE}.product_sales_by_region_day (region, day, sku, order_id, "
-        "line_no, quantity, revenue_cents) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+    "inventory_movements": (
+        "event_id",
+        "store_id",
+        "region",
+        "sku",
+        "kind",
+        "quantity",
+        "reason",
+        "event_time",
+        "source",
     ),
     "inventory_by_store_day": (
-        f"INSERT INTO {KEYSPACE}.inventory_by_store_day (store_id, day, event_time, event_id, "
-        "sku, kind, quantity, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        "store_id",
+        "day",
+        "event_time",
+        "event_id",
+        "sku",
+        "kind",
+        "quantity",
+        "reason",
     ),
-    "inventory_by_store_sku": (
-        f"INSERT INTO {KEYSPACE}.inventory_by_store_sku (store_id, sku, event_time, event_id, "
-        "kind, quantity) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+}
+INSERTS: dict[str, str] = {
+    table: (
+        f"INSERT INTO {KEYSPACE}.{table} ({', '.join(cols)}) "
+        f"VALUES ({', '.join('?' * len(cols))}) USING TIMESTAMP ?"
+    )
+    for table, cols in BASE_COLUMNS.items()
+}
+# The rows a superseded version leaves behind, deleted at the superseding version's timestamp.
+DELETES: dict[str, str] = {
+    "orders_by_store_day": (
+        f"DELETE FROM {KEYSPACE}.orders_by_store_day USING TIMESTAMP ? "
+        "WHERE store_id = ? AND day = ? AND event_time = ? AND order_id = ?"
+    ),
+    "inventory_by_store_day": (
+        f"DELETE FROM {KEYSPACE}.inventory_by_store_day USING TIMESTAMP ? "
+        "WHERE store_id = ? AND day = ? AND event_time = ? AND event_id = ?"
+    ),
+}
+# The stored version of many ids at once (one request per replica, see streaming.sink).
+IDENTITY_READS: dict[str, str] = {
+    "orders": (
+        f"SELECT order_id, event_id, store_id, region, customer_id, currency, total_cents, "
+        f"lines, event_time, source FROM {KEYSPACE}.orders WHERE order_id IN ?"
+    ),
+    "inventory_movements": (
+        f"SELECT event_id, store_id, region, sku, kind, quantity, reason, event_time, source "
+        f"FROM {KEYSPACE}.inventory_movements WHERE event_id IN ?"
     ),
 }
 
-# Rollup reads and writes (the sink runs these after the base rows are acknowledged).
-ROLLUP_QUERIES: dict[str, str] = {
-    "orders_in_hour": (
-        f"SELECT total_cents, currency FROM {KEYSPACE}.orders_by_store_day "
-        "WHERE store_id = ? AND day = ? AND event_time >= ? AND event_time < ?"
-    ),
-    "write_store_hour": (
-        f"INSERT INTO {KEYSPACE}.sales_by_store_hour (store_id, day, hour, order_count, "
-        "revenue_cents, currency) VALUES (?, ?, ?, ?, ?, ?)"
-    ),
-    "store_hours": (
-        f"SELECT hour, order_count, revenue_cents, currency FROM {KEYSPACE}.sales_by_store_hour "
-        "WHERE store_id = ? AND day = ?"
-    ),
-    "write_region_day": (
-        f"INSERT INTO {KEYSPACE}.sales_by_region_day (region, day, store_id, order_count, "
-        "revenue_cents, currency) VALUES (?, ?, ?, ?, ?, ?)"
-    ),
-    "sku_movements": (
-        f"SELECT event_time, event_id, kind, quantity FROM {KEYSPACE}.inventory_by_store_sku "
-        "WHERE store_id = ? AND sku = ?"
-    ),
-    "write_stock": (
-        f"INSERT INTO {KEYSPACE}.stock_by_store (store_id, sku, quantity, as_of) "
-        "VALUES (?, ?, ?, ?)"
-    ),
+# Rollup rows: the value columns of each table (after its key columns), in order.
+ROLLUP_KEYS: dict[str, tuple[str, ...]] = {
+    "sales_by_store_hour": ("store_id", "day", "hour"),
+    "sales_by_region_day": ("region", "day", "store_id"),
+    "product_sales_by_store_day": ("store_id", "day", "sku"),
+    "stock_by_store": ("store_id", "sku"),
 }
+ROLLUP_VALUES: dict[str, tuple[str, ...]] = {
+    "sales_by_store_hour": ("order_count", "revenue_cents", "currency"),
+    "sales_by_region_day": ("order_count", "revenue_cents", "currency"),
+    "product_sales_by_store_day": ("units", "revenue_cents", "currency"),
+    "stock_by_store": ("quantity", "as_of", "count_time", "count_event_id", "count_level"),
+}
+
+
+def rollup_read(table: str, *, whole_partition: bool = False) -> str:
+    """Some rows of one partition of a rollup table (the last key column ``IN ?``), or all of
+    them, with the write time of every cell: the newest is the row's fence."""
+    keys, values = ROLLUP_KEYS[table], ROLLUP_VALUES[table]
+    cells = (*values, "watermark")
+    where = " AND ".join(f"{k} = ?" for k in keys[:-1])
+    if not whole_partition:
+        where += f" AND {keys[-1]} IN ?"
+    return (
+        f"SELECT {keys[-1]}, {', '.join(cells)}, "
+        + ", ".join(f"WRITETIME({c}) AS wt_{c}" for c in cells)
+        + f" FROM {KEYSPACE}.{table} WHERE {where}"
+    )
+
+
+def rollup_write(table: str) -> str:
+    """A whole rollup row, key then values then watermark, at a given timestamp."""
+    cols = (*ROLLUP_KEYS[table], *ROLLUP_VALUES[table], "watermark")
+    return (
+        f"INSERT INTO {KEYSPACE}.{table} ({', '.join(cols)}) "
+        f"VALUES ({', '.join('?' * len(cols))}) USING TIMESTAMP ?"
+    )
+
+
+# A store's movements of one day after a time: what a late count needs (see retail.aggregates).
+MOVEMENTS_SINCE = (
+    f"SELECT event_time, event_id, sku, kind, quantity FROM {KEYSPACE}.inventory_by_store_day "
+    "WHERE store_id = ? AND day = ? AND event_time > ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a message was read: its topic, partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def stream(self) -> str:
+        """The watermark key of the partition: ``retail.eu-west.orders[3]``."""
+        return f"{self.topic}[{self.partition}]"
+
+    @property
+    def source(self) -> str:
+        """How the identity tables record it: ``retail.eu-west.orders[3]@1234``."""
+        return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
 def write_timestamp(event_time: datetime) -> int:
@@ -89,18 +180,32 @@ def write_timestamp(event_time: datetime) -> int:
     return int(event_time.timestamp() * 1_000_000)
 
 
-def _day(t: datetime) -> date:
+def utc_day(t: datetime) -> date:
     return t.astimezone(UTC).date()
 
 
-def rows_for(event: Event) -> list[tuple[str, tuple[object, ...]]]:
-    """Every base-row write an event makes: (insert name, bound values)."""
+def days_between(first: date, last: date) -> Iterator[date]:
+    day = first
+    while day <= last:
+        yield day
+        day += timedelta(days=1)
+
+
+def identity(event: Event) -> tuple[str, str]:
+    """(identity table, id): what makes two messages the same order or movement."""
+    if isinstance(event, Order):
+        return ("orders", event.order_id)
+    return ("inventory_movements", event.event_id)
+
+
+def rows_for(event: Event, source: str | None = None) -> list[tuple[str, tuple[object, ...]]]:
+    """Every base-row write an event makes: (table, bound values incl. the timestamp)."""
     ts = write_timestamp(event.event_time)
-    day = _day(event.event_time)
+    day = utc_day(event.event_time)
     if isinstance(event, Order):
         items = sum(line.quantity for line in event.lines)
         lines = [(li.sku, li.quantity, li.unit_price_cents) for li in event.lines]
-        writes: list[tuple[str, tuple[object, ...]]] = [
+        return [
             (
                 "orders",
                 (
@@ -114,6 +219,7 @@ def rows_for(event: Event) -> list[tuple[str, tuple[object, ...]]]:
                     items,
                     lines,
                     event.event_time,
+                    source,
                     ts,
                 ),
             ),
@@ -129,29 +235,28 @@ def rows_for(event: Event) -> list[tuple[str, tuple[object, ...]]]:
                     event.currency,
                     event.total_cents,
                     items,
+                    lines,
                     ts,
                 ),
             ),
         ]
-        writes += [
-            (
-                "product_sales",
-                (
-                    event.region,
-                    day,
-                    li.sku,
-                    event.order_id,
-                    n,
-                    li.quantity,
-                    li.quantity * li.unit_price_cents,
-                    ts,
-                ),
-            )
-            for n, li in enumerate(event.lines)
-        ]
-        return writes
     if isinstance(event, InventoryMovement):
         return [
+            (
+                "inventory_movements",
+                (
+                    event.event_id,
+                    event.store_id,
+                    event.region,
+                    event.sku,
+                    event.kind,
+                    event.quantity,
+                    event.reason,
+                    event.event_time,
+                    source,
+                    ts,
+                ),
+            ),
             (
                 "inventory_by_store_day",
                 (
@@ -166,66 +271,67 @@ def rows_for(event: Event) -> list[tuple[str, tuple[object, ...]]]:
                     ts,
                 ),
             ),
-            (
-                "inventory_by_store_sku",
-                (
-                    event.store_id,
-                    event.sku,
-                    event.event_time,
-                    event.event_id,
-                    event.kind,
-                    event.quantity,
-                    ts,
-                ),
-            ),
         ]
     raise TypeError(f"no rows for {type(event).__name__}")
 
 
-@dataclass(frozen=True, order=True)
-class HourBucket:
-    """One store's sales in one UTC hour: the unit a batch's rollups are recomputed in."""
-
-    store_id: str
-    region: str
-    day: date
-    hour: int
-
-    @property
-    def start(self) -> datetime:
-        return datetime(self.day.year, self.day.month, self.day.day, self.hour, tzinfo=UTC)
-
-    @property
-    def end(self) -> datetime:
-        return self.start + timedelta(hours=1)
+def superseded_rows(old: Event, by: Event) -> list[tuple[str, tuple[object, ...]]]:
+    """The deletes of the rows ``old`` wrote outside its identity table (which ``by``
+    overwrites), at ``by``'s timestamp: (table, bound values)."""
+    ts = write_timestamp(by.event_time)
+    day = utc_day(old.event_time)
+    if isinstance(old, Order):
+        return [("orders_by_store_day", (ts, old.store_id, day, old.event_time, old.order_id))]
+    return [("inventory_by_store_day", (ts, old.store_id, day, old.event_time, old.event_id))]
 
 
-def hour_bucket(order: Order) -> HourBucket:
-    t = order.event_time.astimezone(UTC)
-    return HourBucket(order.store_id, order.region, t.date(), t.hour)
+def _utc(t: datetime) -> datetime:
+    # The driver reads timestamps back as naive UTC.
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
-def totals(rows: Iterable[tuple[int, int, str | None]]) -> tuple[int, int, str | None]:
-    """(count, sum, currency) over rows of (count, amount, currency). A store sells in one
-    currency, so the last non-null one stands for all."""
-    count = amount = 0
-    currency = None
-    for n, cents, cur in rows:
-        count += n
-        amount += cents
-        currency = cur or currency
-    return count, amount, currency
+def event_from_row(table: str, r: Any) -> tuple[Event, str | None]:
+    """The stored version of an id, from its identity table's row (an IDENTITY_READS row),
+    and the Kafka position it was written from."""
+    if table == "orders":
+        order = Order(
+            event_id=r.event_id,
+            order_id=r.order_id,
+            store_id=r.store_id,
+            region=r.region,
+            customer_id=r.customer_id,
+            currency=r.currency,
+            lines=tuple(
+                LineItem(sku=li.sku, quantity=li.quantity, unit_price_cents=li.unit_price_cents)
+                for li in r.lines or ()
+            ),
+            total_cents=r.total_cents,
+            event_time=_utc(r.event_time),
+        )
+        return order, r.source
+    movement = InventoryMovement(
+        event_id=r.event_id,
+        store_id=r.store_id,
+        region=r.region,
+        sku=r.sku,
+        kind=r.kind,
+        quantity=r.quantity,
+        reason=r.reason,
+        event_time=_utc(r.event_time),
+    )
+    return movement, r.source
 
 
 def stock_level(
     movements: Iterable[tuple[datetime, str, str, int]],
 ) -> tuple[int, datetime | None]:
-    """Current stock from a product's movements (event_time, event_id, kind, quantity), in any
-    order; returns the level and the time of the newest movement.
+    """Stock from a product's movements (event_time, event_id, kind, quantity), in any order;
+    returns the level and the time of the newest movement.
 
     The latest absolute count sets the level (on a tie in time, the highest event id, so the
     answer never depends on read order); deltas after it are added; deltas at the very instant
-    of the count are taken as already in it. Never counted: the sum of all deltas.
+    of the count are taken as already in it. Never counted: the sum of all deltas. This is the
+    definition the incremental stock of :mod:`retail.aggregates` must agree with.
     """
     rows = list(movements)
     if not rows:

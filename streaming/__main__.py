@@ -1,8 +1,13 @@
 """``python -m streaming --region eu-west``: a long-running regional consumer.
 
-Reads the event topics, writes its region's events into its local Cassandra DC, commits after
-the writes, sends bad events to the dead-letter topic. SIGTERM (or SIGINT) drains the last batch,
-commits, and exits 0.
+Reads its region's topics, writes the events into the region's Cassandra DC, commits after the
+writes, sends bad events to the dead-letter topic. At start it waits, with backoff and a line
+saying what for, until Kafka answers, Cassandra's DC takes connections and the schema is
+migrated. SIGTERM (or SIGINT) drains what is polled, commits, and exits 0.
+
+Exit codes: 0 stopped and drained; 1 stopped with its last batch unwritten (nothing lost: it
+was not committed, the next start redoes it); 2 a bad option or topology; 3 writes kept failing
+in a way retrying does not fix (the log says which and what to do).
 """
 
 from __future__ import annotations
@@ -11,32 +16,83 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
+from cassandra import OperationTimedOut
+from cassandra.cluster import Cluster, NoHostAvailable, Session
 from confluent_kafka import Consumer, Producer
 
 from retail import logs
 from retail.cassandra import connect
 from retail.errors import RetailError
-from retail.kafka import Topics, ensure_topics
+from retail.kafka import Topics, ensure_topics, group_name
 from retail.metrics import StatsdMetrics
+from retail.rows import KEYSPACE, TABLES
 from retail.settings import get_settings
-from retail.topology import current_topology
-from streaming.consumer import ConsumerConfig, RegionalConsumer
+from retail.topology import Topology, current_topology
+from streaming.consumer import ConsumerConfig, ConsumerStopped, RegionalConsumer
 from streaming.sink import CassandraSink
 
 log = logging.getLogger("streaming")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+T = TypeVar("T")
+
+
+class NotReady(RetailError):
+    """A server the consumer needs is not ready yet; waited for with backoff."""
+
+
+def wait_for(
+    what: str, attempt: Callable[[], T], stop: threading.Event, max_delay: float = 15.0
+) -> T:
+    """Call ``attempt`` until it succeeds, backing off from 1 s to ``max_delay``; each failure
+    logs what is awaited and why. Raises KeyboardInterrupt if ``stop`` is set meanwhile."""
+    delay = 1.0
+    while True:
+        try:
+            return attempt()
+        except (NotReady, NoHostAvailable, OperationTimedOut, RetailError) as exc:
+            log.warning("waiting for %s: %s; retrying in %.0fs", what, exc, delay)
+        if stop.wait(delay):
+            raise KeyboardInterrupt
+        delay = min(delay * 2, max_delay)
+
+
+def _schema_ready(cluster: Cluster) -> None:
+    cluster.refresh_schema_metadata()
+    ks = cluster.metadata.keyspaces.get(KEYSPACE)
+    missing = [t for t in TABLES if ks is None or t not in ks.tables]
+    if missing:
+        raise NotReady(
+            f"tables {', '.join(missing)} do not exist yet: run `retail migrate` "
+            "(or the schema_migrations DAG)"
+        )
+
+
+def _cassandra(
+    topology: Topology, dc: str, consistency: str
+) -> Callable[[], tuple[Cluster, Session]]:
+    def attempt() -> tuple[Cluster, Session]:
+        cluster, session = connect(topology, dc, consistency_level=consistency)
+        try:
+            _schema_ready(cluster)
+        except NotReady:
+            cluster.shutdown()
+            raise
+        return cluster, session
+
+    return attempt
 
 
 @app.command()
 def main(
     region: Annotated[str, typer.Option(help="Region (= Cassandra DC) this consumer serves.")],
     consistency: Annotated[str, typer.Option(help="Write consistency level.")] = "LOCAL_QUORUM",
-    batch_size: Annotated[int, typer.Option(help="Messages per poll.")] = 2000,
-    in_flight: Annotated[int, typer.Option(help="Concurrent Cassandra writes at most.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Messages per batch at most.")] = 2000,
+    in_flight: Annotated[int, typer.Option(help="Concurrent Cassandra requests at most.")] = 128,
     batch_rows: Annotated[
         int, typer.Option(help="Rows of one partition per unlogged batch (1 = no batches).")
     ] = 32,
@@ -49,15 +105,35 @@ def main(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Consume retail events for one region and write them into its local Cassandra DC."""
+    """Consume one region's retail events and write them into its Cassandra DC."""
     logs.configure(get_settings().log_level, verbose=verbose)
     topology = current_topology()
     dc = topology.datacenter(region)  # fails with the known DCs if the region is wrong
     topics = Topics.from_settings()
-    ensure_topics(topology, topics)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: draining and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        wait_for(
+            f"Kafka at {topology.bootstrap_servers}",
+            lambda: ensure_topics(topology, topics, 10),
+            stop,
+        )
+        cluster, session = wait_for(
+            f"Cassandra DC {dc.name} at {', '.join(dc.contact_points)}",
+            _cassandra(topology, dc.name, consistency),
+            stop,
+        )
+    except KeyboardInterrupt:
+        log.info("stopped before it started")
+        raise typer.Exit(0) from None
     metrics = StatsdMetrics(topology.statsd.host, topology.statsd.port)
-    cluster, session = connect(topology, dc.name, consistency_level=consistency)
-    group_id = group or f"{get_settings().topic_prefix}-{region}"
+    group_id = group or group_name(topics.prefix, region)
     consumer = Consumer(
         {
             "bootstrap.servers": topology.bootstrap_servers,
@@ -68,6 +144,10 @@ def main(
             # A crashed member's partitions move to the others after 10 s, not the default 45.
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 2000,
+            # The loop polls between flushes and while one runs; it stops polling only while a
+            # full next batch waits for the flush in flight (seconds, bounded by the driver's
+            # request timeout), far inside this.
+            "max.poll.interval.ms": 300000,
             # The broker answers a fetch at once when there is data, and waits at most 20 ms
             # when there is none (the default 500 ms would be the pipeline's latency floor).
             "fetch.wait.max.ms": 20,
@@ -88,33 +168,22 @@ def main(
     sink = CassandraSink(
         session, metrics, local_dc=dc.name, concurrency=in_flight, batch_rows=batch_rows
     )
-    cfg = ConsumerConfig(
-        region=region,
-        batch_size=batch_size,
-        catch_all=region == topology.datacenters[0].name,
-        latency_log=latency_log,
-    )
-    worker = RegionalConsumer(
-        cfg, consumer, producer, sink, metrics, topics, {d.name for d in topology.datacenters}
-    )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("%s: draining and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    cfg = ConsumerConfig(region=region, batch_size=batch_size, latency_log=latency_log)
+    worker = RegionalConsumer(cfg, consumer, producer, sink, metrics, topics)
     log.info(
-        "consumer %s for region %s: DC %s at %s, Kafka %s",
+        "consumer %s for region %s: topics %s, DC %s at %s, Kafka %s",
         group_id,
         region,
+        ", ".join(topics.read_by(region)),
         dc.name,
         consistency,
         topology.bootstrap_servers,
     )
     try:
         drained = worker.run(stop)
+    except ConsumerStopped as exc:
+        log.error("%s", exc)
+        raise typer.Exit(3) from None
     finally:
         cluster.shutdown()
     raise typer.Exit(0 if drained else 1)

@@ -1,39 +1,58 @@
 """The poll loop of a regional consumer: Kafka batches in, Cassandra writes out, offsets
-committed only after the writes are acknowledged.
+committed only after the writes (and any dead letters) are acknowledged.
 
-One consumer group per region (``retail-<region>``); any number of processes per group share
-the partitions. Every group reads the event topics; a process writes the events of its own
-region's stores (the producer's ``region`` header says which, without decoding) into its local
-DC, and moves its commit point past the others. An event that cannot be decoded or validated
-goes to the dead-letter topic with the reason and its origin, from the group of the region named
-in its header (or from the first region's group if it has none), so it is dead-lettered once.
+One consumer group per region (``retail-<region>``) reads that region's topics
+(``retail.<region>.orders`` and ``.inventory``; the first region's group also reads
+``retail.unrouted``); any number of processes per group share the partitions. A message that is
+not a valid event of this region goes to the dead-letter topic with the reason and its origin:
+it does not decode or validate, its ``region`` header or its topic disagrees with its body, it
+arrived unrouted, or it tries to change what an id is (:mod:`retail.aggregates`).
 
-Order of a batch: consume up to N messages -> decode -> sink.add -> sink.flush (all writes
-acknowledged) -> produce and flush the dead letters -> commit. A failure before the commit
-commits nothing: the batch is retried (writes are idempotent) and never lost.
+A batch: poll up to N messages, route them, hand the events to a writer thread
+(:meth:`CassandraSink.write`) and the dead letters to the producer, then commit. While one batch
+is written the next one is polled and decoded, so a flush never waits for Kafka and an event
+waits at most one flush. A failure before the commit commits nothing: the batch is kept (never
+a polled message dropped), the partitions are paused, and it is retried with backoff (writes are
+idempotent, rollups skip what they hold).
+
+Rebalances: a revoked partition's batch in flight is finished and committed within
+``revoke_timeout`` if it can be, otherwise dropped uncommitted for the next owner; a lost
+partition's pending work is dropped unwritten (another member may already own it; the rollup
+fences make a write still in flight harmless). Partitions assigned while backing off are paused
+with the others, and every assigned partition is resumed when the backoff ends.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from retail import kafka as conv
+from retail.aggregates import Applied, Outcome
+from retail.errors import RetailError
 from retail.events import Event, InvalidEvent, Order, decode
 from retail.kafka import Topics
 from retail.metrics import Metrics
-from streaming.sink import CassandraSink, SinkBackpressureError
+from retail.rows import Position
+from streaming.sink import CassandraSink, SinkBackpressureError, SinkError
 
 log = logging.getLogger(__name__)
 
-REGION_HEADER = "region"
+TP = tuple[str, int]
+
+
+class ConsumerStopped(RetailError):
+    """The consumer cannot go on (a failure that retrying does not fix); nothing committed."""
 
 
 @dataclass
@@ -41,7 +60,6 @@ class ConsumerConfig:
     """How a regional consumer polls, writes and backs off."""
 
     region: str
-    catch_all: bool = False  # dead-letters events that name no known region
     batch_size: int = 2000
     # A poll returns as soon as it has messages or after this long: small, so that a quiet
     # stream is written within milliseconds instead of waiting to fill a batch.
@@ -49,40 +67,63 @@ class ConsumerConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
     drain_timeout: float = 60.0  # on SIGTERM: how long to keep retrying the last batch
+    revoke_timeout: float = 20.0  # how long a revoke waits for the batch in flight
+    dead_letter_timeout: float = 30.0
+    max_sink_errors: int = 5  # non-retriable write failures in a row before stopping
     lag_interval: float = 5.0
     latency_log: Path | None = None  # every event's end-to-end latency, for benchmarks
 
 
 @dataclass
 class Batch:
-    """The messages of one poll that still need writing, dead-lettering or skipping."""
+    """Messages polled and routed, not committed yet."""
 
-    events: list[tuple[str, int, int, Event]] = field(default_factory=list)
+    events: list[tuple[Position, Event]] = field(default_factory=list)
+    # The message of each event: what a conflict found while writing dead-letters.
+    raw: dict[Position, Message] = field(default_factory=dict)
     dead: list[tuple[Message, str]] = field(default_factory=list)
-    skipped: list[tuple[str, int, int]] = field(default_factory=list)
-    # Dead letters already produced and acknowledged (a retry of the batch must not produce
-    # them again, but must still commit past them).
-    dead_done: list[tuple[str, int, int]] = field(default_factory=list)
+    # Dead letters already produced and acknowledged: a retry of the batch must not produce
+    # them again, but must still commit past them.
+    dead_done: list[Position] = field(default_factory=list)
+    next_offsets: dict[TP, int] = field(default_factory=dict)  # the commit point per partition
+    polled: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.dead or self.skipped or self.dead_done)
+        return bool(self.next_offsets)
 
-    def drop_partitions(self, revoked: set[tuple[str, int]]) -> None:
-        self.events = [e for e in self.events if (e[0], e[1]) not in revoked]
-        self.dead = [d for d in self.dead if (d[0].topic(), d[0].partition()) not in revoked]
-        self.skipped = [s for s in self.skipped if (s[0], s[1]) not in revoked]
-        self.dead_done = [d for d in self.dead_done if (d[0], d[1]) not in revoked]
+    def mark(self, msg: Message) -> None:
+        key = (msg.topic(), msg.partition())
+        self.next_offsets[key] = max(self.next_offsets.get(key, 0), msg.offset() + 1)
+        self.polled += 1
+
+    def extend(self, later: Batch) -> None:
+        """Append a batch polled after this one."""
+        self.events += later.events
+        self.raw.update(later.raw)
+        self.dead += later.dead
+        self.dead_done += later.dead_done
+        for key, offset in later.next_offsets.items():
+            self.next_offsets[key] = max(self.next_offsets.get(key, 0), offset)
+        self.polled += later.polled
+
+    def drop(self, partitions: set[TP]) -> None:
+        self.events = [e for e in self.events if (e[0].topic, e[0].partition) not in partitions]
+        self.raw = {p: m for p, m in self.raw.items() if (p.topic, p.partition) not in partitions}
+        self.dead = [d for d in self.dead if (d[0].topic(), d[0].partition()) not in partitions]
+        self.dead_done = [p for p in self.dead_done if (p.topic, p.partition) not in partitions]
+        for key in partitions:
+            self.next_offsets.pop(key, None)
 
 
-def _header(msg: Message, name: str) -> str | None:
-    for key, value in msg.headers() or []:
-        if key == name and value is not None:
-            return value.decode(errors="replace")
-    return None
+@dataclass
+class InFlight:
+    batch: Batch
+    future: Future[Applied]
+    started: float
 
 
 class RegionalConsumer:
-    """Consumes the event topics for one region and writes that region's events."""
+    """Consumes one region's topics and writes its events into the region's DC."""
 
     def __init__(
         self,
@@ -92,7 +133,6 @@ class RegionalConsumer:
         sink: CassandraSink,
         metrics: Metrics,
         topics: Topics,
-        regions: set[str],
     ) -> None:
         self.cfg = config
         self.consumer = consumer
@@ -100,214 +140,169 @@ class RegionalConsumer:
         self.sink = sink
         self.metrics = metrics
         self.topics = topics
-        self.regions = regions
         self.pending = Batch()
+        self.inflight: InFlight | None = None
+        self.backoff_until = 0.0  # monotonic; while in the future, partitions stay paused
+        self.delay = config.backoff_initial
+        self.sink_errors = 0
+        self.fatal: ConsumerStopped | None = None
+        self.paused = False
+        self.lost: set[TP] = set()  # partitions lost or revoked mid-write: not committed
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"writer-{config.region}")
         self._last_lag = 0.0
         self.m = f"consumer.{config.region}"
 
     # -- routing ------------------------------------------------------------------------------
 
-    def _handle(self, msg: Message, batch: Batch) -> None:
-        topic, part, offset = msg.topic(), msg.partition(), msg.offset()
-        region = _header(msg, REGION_HEADER)
-        if region in self.regions and region != self.cfg.region:
-            batch.skipped.append((topic, part, offset))  # another region's group writes it
-            return
+    def route(self, msg: Message, batch: Batch) -> None:
+        """Put one message in the batch: an event to write, or a dead letter with its reason."""
+        batch.mark(msg)
+        topic = msg.topic()
         try:
             event = decode(msg.value() or b"")
         except InvalidEvent as exc:
-            mine = region == self.cfg.region or (region not in self.regions and self.cfg.catch_all)
-            if mine:
-                batch.dead.append((msg, exc.reason))
-            else:
-                batch.skipped.append((topic, part, offset))
+            batch.dead.append((msg, exc.reason))
             return
-        if event.region != self.cfg.region:
-            batch.skipped.append((topic, part, offset))
+        kind = "order" if isinstance(event, Order) else "inventory"
+        header = conv.header(msg.headers(), conv.REGION_HEADER)
+        reason = conv.misrouted(self.topics, topic, header, event.region, kind)
+        if reason:
+            batch.dead.append((msg, reason))
             return
-        batch.events.append((topic, part, offset, event))
+        position = Position(topic, msg.partition(), msg.offset())
+        batch.events.append((position, event))
+        batch.raw[position] = msg
 
-    # -- writing and committing ---------------------------------------------------------------
+    # -- writing --------------------------------------------------------------------------------
 
-    def _deliver(self, batch: Batch) -> None:
-        """Write, dead-letter and commit one batch; raises if any step fails (nothing committed)."""
-        for topic, part, offset, event in batch.events:
-            self.sink.add(topic, part, offset, event)
-        for topic, part, offset in batch.skipped:
-            self.sink.mark_done(topic, part, offset)
-        for msg, _ in batch.dead:
-            self.sink.mark_done(msg.topic(), msg.partition(), msg.offset())
-        for topic, part, offset in batch.dead_done:
-            self.sink.mark_done(topic, part, offset)
-        started = time.perf_counter()
-        result = self.sink.flush()
-        write_ms = (time.perf_counter() - started) * 1000
-        if batch.dead:
-            self._dead_letter(batch.dead)
-            # Produced and acknowledged: if the commit below fails and the batch is retried,
-            # these must not be dead-lettered a second time; their offsets still get committed.
-            batch.dead_done += [(m.topic(), m.partition(), m.offset()) for m, _ in batch.dead]
+    def _write(self, batch: Batch) -> Applied:
+        """The writer thread's work: the events, then the dead letters. Raises if anything is
+        not acknowledged (nothing is committed then)."""
+        applied = self.sink.write(batch.events)
+        done = set(batch.dead_done)
+        conflicts = [
+            (batch.raw[r.position], r.reason or "")
+            for r in applied.conflicts
+            if r.position not in done
+        ]
+        dead = batch.dead + conflicts
+        if dead:
+            self._dead_letter(dead, batch)
             batch.dead = []
-        offsets = [TopicPartition(t, p, o) for (t, p), o in result.next_offsets.items()]
-        if offsets:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-        self._count(batch, result.event_times, result.written_at, write_ms)
+        return applied
 
-    def _dead_letter(self, dead: list[tuple[Message, str]]) -> None:
+    def _dead_letter(self, dead: list[tuple[Message, str]], batch: Batch) -> None:
+        """Produce every dead letter and wait for each delivery report: a dead letter lost
+        together with its committed offset would be a silent drop. Those acknowledged go to
+        ``batch.dead_done``, so that a retry of the batch does not send them again."""
         now = datetime.now(UTC).isoformat()
-        for msg, reason in dead:
-            headers = [
-                ("reason", reason.encode()),
-                ("origin.topic", msg.topic().encode()),
-                ("origin.partition", str(msg.partition()).encode()),
-                ("origin.offset", str(msg.offset()).encode()),
-                ("consumer.region", self.cfg.region.encode()),
-                ("failed_at", now.encode()),
-            ]
-            self.producer.produce(
-                self.topics.deadletter, value=msg.value(), key=msg.key(), headers=headers
-            )
-            log.warning(
-                "dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), reason
-            )
-        # Durable before the commit: a dead letter lost together with its offset is a silent drop.
-        if self.producer.flush(30) > 0:
-            raise KafkaException("dead letters not acknowledged within 30s")
-
-    def _count(
-        self,
-        batch: Batch,
-        event_times: list[datetime],
-        written_at: datetime | None,
-        write_ms: float,
-    ) -> None:
-        # One StatsD packet per (topic, outcome) per batch, not one per message: per-message
-        # sends cost ~6% of the consumer's CPU in a profile.
-        counts: Counter[tuple[str, str]] = Counter()
-        for topic, _, _, _ in batch.events:
-            counts[(topic, "written")] += 1
-        for topic, _, _ in batch.dead_done:
-            counts[(topic, "deadlettered")] += 1
-        for topic, _, _ in batch.skipped:
-            counts[(topic, "skipped")] += 1
-        consumed: Counter[str] = Counter()
-        for (topic, outcome), n in counts.items():
-            self.metrics.incr(f"{self.m}.{Topics.short(topic)}.{outcome}", n)
-            consumed[topic] += n
-        for topic, n in consumed.items():
-            self.metrics.incr(f"{self.m}.{Topics.short(topic)}.consumed", n)
-        revenue: Counter[str] = Counter()
-        for _, _, _, event in batch.events:
-            if isinstance(event, Order):
-                revenue[event.currency] += event.total_cents
-        for currency, cents in revenue.items():
-            self.metrics.incr(f"{self.m}.revenue.{currency}", cents)
-        self.metrics.gauge(f"{self.m}.batch_size", len(batch.events))
-        if event_times:
-            self.metrics.timing(f"{self.m}.write_latency", write_ms)
-            now = written_at or datetime.now(UTC)
-            if self.cfg.latency_log:
-                with self.cfg.latency_log.open("a") as f:
-                    f.write(
-                        " ".join(f"{(now - t).total_seconds() * 1000:.2f}" for t in event_times)
-                        + "\n"
-                    )
-            # A handful of samples per batch: enough for the summary's quantiles without a
-            # UDP packet per event.
-            step = max(1, len(event_times) // 10)
-            for t in event_times[::step]:
-                self.metrics.timing(f"{self.m}.e2e_latency", (now - t).total_seconds() * 1000)
-
-    def _deliver_with_backoff(self, stop: threading.Event, deadline: float | None) -> bool:
-        """Deliver the pending batch, pausing the partitions and backing off while Cassandra
-        (or Kafka, for dead letters) refuses. Returns False if it gave up at ``deadline``."""
-        delay = self.cfg.backoff_initial
-        paused: list[TopicPartition] = []
-        try:
-            while self.pending:
-                try:
-                    self._deliver(self.pending)
-                    self.pending = Batch()
-                    return True
-                except (SinkBackpressureError, KafkaException) as exc:
-                    self.metrics.incr(f"{self.m}.retries")
-                    if not paused:
-                        paused = self.consumer.assignment()
-                        self.consumer.pause(paused)
-                    log.warning(
-                        "batch of %d events not written, nothing committed; retry in %.1fs: %s",
-                        len(self.pending.events),
-                        delay,
-                        exc,
-                    )
-                    if deadline is not None and time.monotonic() + delay > deadline:
-                        return False
-                    if deadline is None and stop.is_set():
-                        return False  # the caller drains with a deadline
-                    self._report_lag()  # lag keeps growing while we wait: show it
-                    self._wait(delay, stop if deadline is None else None)
-                    delay = min(delay * 2, self.cfg.backoff_max)
-            return True
-        finally:
-            if paused:
-                self.consumer.resume([tp for tp in paused if tp in self.consumer.assignment()])
-
-    def _wait(self, seconds: float, stop: threading.Event | None) -> None:
-        """Sleep while serving the consumer's callbacks (rebalances) on paused partitions."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end and not (stop and stop.is_set()):
-            self.consumer.poll(min(0.2, max(0.0, end - time.monotonic())))
-
-    # -- rebalances ---------------------------------------------------------------------------
-
-    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Settle in-flight work before partitions move: deliver what is pending if Cassandra
-        lets us, otherwise drop it uncommitted for the next owner to redo."""
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
-        if self.pending:
-            try:
-                self._deliver(self.pending)
-                self.pending = Batch()
-            except (SinkBackpressureError, KafkaException) as exc:
+        reports: dict[int, KafkaError | None] = {}
+        for i, (msg, reason) in enumerate(dead):
+            self._produce_dead(i, msg, reason, now, reports)
+        self.producer.flush(self.cfg.dead_letter_timeout)
+        too_large = [i for i, err in reports.items() if _too_large(err)]
+        for i in too_large:
+            msg, reason = dead[i]
+            del reports[i]
+            self._produce_dead(i, msg, reason, now, reports, by_reference=True)
+        if too_large:
+            self.producer.flush(self.cfg.dead_letter_timeout)
+        for i, err in sorted(reports.items()):
+            if err is None:
+                msg, reason = dead[i]
+                batch.dead_done.append(Position(msg.topic(), msg.partition(), msg.offset()))
                 log.warning(
-                    "revoked %d partitions with an unwritten batch (%s); the next owner "
-                    "redoes it from the last commit",
-                    len(revoked),
-                    exc,
+                    "dead-lettered %s[%d]@%d: %s",
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    reason,
                 )
-                self.pending.drop_partitions(revoked)
-        log.info("partitions revoked: %s", sorted(revoked))
+        failed = [err for err in reports.values() if err is not None]
+        missing = len(dead) - len(reports)
+        if failed or missing:
+            first = failed[0] if failed else "no delivery report in time"
+            raise KafkaException(
+                f"{len(failed) + missing} of {len(dead)} dead letters not acknowledged ({first})"
+            )
 
-    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in partitions))
+    def _produce_dead(
+        self,
+        i: int,
+        msg: Message,
+        reason: str,
+        now: str,
+        reports: dict[int, KafkaError | None],
+        *,
+        by_reference: bool = False,
+    ) -> None:
+        value = msg.value() or b""
+        headers = [
+            (conv.DLQ_REASON, reason.encode()),
+            (conv.DLQ_ORIGIN_TOPIC, msg.topic().encode()),
+            (conv.DLQ_ORIGIN_PARTITION, str(msg.partition()).encode()),
+            (conv.DLQ_ORIGIN_OFFSET, str(msg.offset()).encode()),
+            (conv.DLQ_CONSUMER_REGION, self.cfg.region.encode()),
+            (conv.DLQ_FAILED_AT, now.encode()),
+        ]
+        if by_reference:
+            # Too large for the dead-letter topic: say where it is instead; the payload stays in
+            # its origin topic (until retention) and the headers say how to find it.
+            headers += [
+                (conv.DLQ_PAYLOAD_OMITTED, b"too large for the dead-letter topic"),
+                (conv.DLQ_PAYLOAD_SIZE, str(len(value)).encode()),
+            ]
+            value = json.dumps(
+                {
+                    "origin": f"{msg.topic()}[{msg.partition()}]@{msg.offset()}",
+                    "size": len(value),
+                    "reason": reason,
+                }
+            ).encode()
 
-    # -- the loop -----------------------------------------------------------------------------
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            reports[i] = err
+
+        while True:
+            try:
+                self.producer.produce(
+                    self.topics.deadletter,
+                    value=value,
+                    key=msg.key(),
+                    headers=headers,
+                    on_delivery=report,
+                )
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.1)
+            except KafkaException as exc:
+                if _too_large(exc.args[0]) and not by_reference:
+                    reports[i] = exc.args[0]  # refused before sending: retried by reference
+                    return
+                raise
+
+    # -- the loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None) -> bool:
-        """Poll and write until ``stop`` is set (SIGTERM) or ``until()`` says so; then drain the
-        last batch and commit. Returns False if the drain gave up (nothing lost: it was not
-        committed)."""
+        """Poll and write until ``stop`` is set (SIGTERM) or ``until()`` says so; then drain
+        what is polled and commit. Returns False if the drain gave up (nothing lost: it was not
+        committed). Raises ConsumerStopped when writes fail in a way retrying does not fix."""
         self.consumer.subscribe(
-            self.topics.events,
+            self.topics.read_by(self.cfg.region),
             on_assign=self.on_assign,
             on_revoke=self.on_revoke,
-            on_lost=self.on_revoke,
+            on_lost=self.on_lost,
         )
-        log.info("consumer for %s started (group %s)", self.cfg.region, self.consumer)
-        while not stop.is_set() and not (until and until()):
-            for msg in self._poll():
-                if msg.error():
-                    self.metrics.incr(f"{self.m}.errors.kafka")
-                    log.warning("Kafka error: %s", msg.error())
-                    continue
-                self._handle(msg, self.pending)
-            if self.pending:
-                self._deliver_with_backoff(stop, None)
-            self._report_lag()
-        drained = True
-        if self.pending:
-            drained = self._deliver_with_backoff(stop, time.monotonic() + self.cfg.drain_timeout)
-        self.consumer.close()
+        log.info("consumer for %s started", self.cfg.region)
+        try:
+            while not stop.is_set() and not (until and until()):
+                self._step()
+            drained = self._drain(time.monotonic() + self.cfg.drain_timeout)
+            if self.fatal is not None:
+                raise self.fatal
+        finally:
+            self._writer.shutdown(wait=True)
+            self.consumer.close()
         log.info(
             "consumer for %s stopped (%s)",
             self.cfg.region,
@@ -315,25 +310,209 @@ class RegionalConsumer:
         )
         return drained
 
-    def _poll(self) -> list[Message]:
-        """Up to ``batch_size`` messages, returned as soon as any is there.
+    def _step(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+        if self.inflight and self.inflight.future.done():
+            self._finish(self.inflight)
+        if self.inflight is None and self.pending and time.monotonic() >= self.backoff_until:
+            self._submit()
+        room = self.cfg.batch_size - self.pending.polled
+        if room <= 0 and self.inflight is not None:
+            # The next batch is full: wait for the one in flight instead of polling more.
+            wait([self.inflight.future], timeout=self.cfg.poll_timeout)
+        else:
+            self._poll(max(room, 1))
+        self._report_lag()
 
-        ``consume(n, timeout)`` waits until it has n messages or the timeout passes, so a quiet
-        stream would wait the full timeout every time. Instead: take what is already fetched;
-        if nothing, wait for one message, then take whatever arrived with it. Under a backlog
-        the batches fill up; in a trickle each event is written within milliseconds.
-        """
-        msgs = self.consumer.consume(num_messages=self.cfg.batch_size, timeout=0)
-        if msgs:
-            return msgs
-        first = self.consumer.poll(self.cfg.poll_timeout)
-        if first is None:
-            return []
-        return [first, *self.consumer.consume(num_messages=self.cfg.batch_size - 1, timeout=0)]
+    def _poll(self, room: int) -> None:
+        """Poll up to ``room`` messages into the pending batch, returning as soon as any is
+        there. Every message polled is kept: even one from a partition that arrived unpaused
+        during a backoff."""
+        msgs = self.consumer.consume(num_messages=room, timeout=0)
+        if not msgs:
+            first = self.consumer.poll(self.cfg.poll_timeout)
+            msgs = [] if first is None else [first]
+            if msgs and room > 1:
+                msgs += self.consumer.consume(num_messages=room - 1, timeout=0)
+        for msg in msgs:
+            if msg.error():
+                self.metrics.incr(f"{self.m}.errors.kafka")
+                log.warning("Kafka error: %s", msg.error())
+                continue
+            self.route(msg, self.pending)
 
-    def _report_lag(self) -> None:
+    def _submit(self) -> None:
+        batch, self.pending = self.pending, Batch()
+        future = self._writer.submit(self._write, batch)
+        self.inflight = InFlight(batch, future, time.perf_counter())
+
+    def _finish(self, inflight: InFlight) -> None:
+        """Settle a completed write: commit it, or keep it for a retry with backoff."""
+        self.inflight = None
+        try:
+            applied = inflight.future.result()
+        except (SinkBackpressureError, KafkaException, SinkError) as exc:
+            self._retry_later(inflight.batch, exc)
+            return
+        self._commit(inflight.batch)
+        self._count(inflight.batch, applied, time.perf_counter() - inflight.started)
+        if self.paused:
+            log.info("writes succeed again; resuming every partition")
+            self._set_paused(False)
+        self.delay = self.cfg.backoff_initial
+        self.sink_errors = 0
+
+    def _retry_later(self, batch: Batch, exc: BaseException) -> None:
+        """Keep the batch (ahead of anything polled since), pause, and back off. Partitions
+        lost meanwhile are dropped: their new owner writes them."""
+        batch.drop(self.lost & set(batch.next_offsets))
+        batch.extend(self.pending)
+        self.pending = batch
+        self.metrics.incr(f"{self.m}.retries")
+        if isinstance(exc, SinkBackpressureError) and exc.retry_after == 0:
+            # Another consumer wrote a bucket meanwhile: apply the batch again at once.
+            log.info("batch of %d events: %s", len(batch.events), exc.cause)
+            return
+        if isinstance(exc, SinkError):
+            self.sink_errors += 1
+            if self.sink_errors >= self.cfg.max_sink_errors:
+                self.fatal = ConsumerStopped(
+                    f"{self.cfg.region}: {self.sink_errors} writes in a row failed in a way "
+                    f"retrying does not fix; nothing was committed. Last: {exc}. Fix the cause "
+                    "and start the consumer again: it resumes from the last commit"
+                )
+        log.warning(
+            "batch of %d events not written, nothing committed; retry in %.1fs: %s",
+            len(batch.events),
+            self.delay,
+            exc,
+        )
+        self._set_paused(True)
+        self.backoff_until = time.monotonic() + self.delay
+        self.delay = min(self.delay * 2, self.cfg.backoff_max)
+        self._report_lag(force=True)  # lag grows while we wait: show it
+
+    def _commit(self, batch: Batch) -> None:
+        offsets = [
+            TopicPartition(t, p, o)
+            for (t, p), o in batch.next_offsets.items()
+            if (t, p) not in self.lost
+        ]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Written but not committed (the partitions moved): the next owner writes it again,
+            # which changes nothing.
+            log.warning(
+                "commit of %d partitions failed (%s); the next owner redoes it", len(offsets), exc
+            )
+
+    def _set_paused(self, paused: bool) -> None:
+        """Pause or resume the whole assignment (partitions assigned later follow: on_assign)."""
+        self.paused = paused
+        assigned = self.consumer.assignment()
+        if assigned:
+            (self.consumer.pause if paused else self.consumer.resume)(assigned)
+
+    def _drain(self, deadline: float) -> bool:
+        """Write and commit everything polled, retrying until ``deadline``."""
+        while (self.inflight or self.pending) and self.fatal is None:
+            if self.inflight:
+                done, _ = wait([self.inflight.future], timeout=deadline - time.monotonic())
+                if not done:
+                    return False
+                self._finish(self.inflight)
+                continue
+            if self.backoff_until > deadline:
+                return False
+            time.sleep(max(0.0, self.backoff_until - time.monotonic()))
+            self._submit()
+        return self.fatal is None
+
+    # -- rebalances -----------------------------------------------------------------------------
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
+        if self.paused:
+            consumer.pause(partitions)  # joins the backoff; resumed with the others
+        else:
+            consumer.resume(partitions)  # librdkafka may remember an earlier pause
+        self.lost -= {(tp.topic, tp.partition) for tp in partitions}
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Settle work before partitions move: finish and commit the batch in flight if it
+        finishes in time, and drop the revoked partitions' uncommitted messages for the next
+        owner to redo."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        inflight = self.inflight
+        if inflight and revoked & set(inflight.batch.next_offsets):
+            done, _ = wait([inflight.future], timeout=self.cfg.revoke_timeout)
+            if done:
+                self._finish(inflight)
+            else:
+                log.warning(
+                    "batch in flight not written within %.0fs of a revoke; the next owner "
+                    "redoes it",
+                    self.cfg.revoke_timeout,
+                )
+                self.lost |= revoked
+        self.pending.drop(revoked)
+        log.info("partitions revoked: %s", sorted(revoked))
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Another member may already own these: write nothing more for them, and never commit
+        them (a write still in flight is harmless: the rollups are fenced)."""
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self.lost |= lost
+        self.pending.drop(lost)
+        log.warning("partitions lost (session timed out): %s", sorted(lost))
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    def _count(self, batch: Batch, applied: Applied, seconds: float) -> None:
+        # One StatsD packet per (topic, outcome) per batch, not one per message.
+        short = Topics.short
+        counts: Counter[tuple[str, str]] = Counter()
+        for r in applied.resolved:
+            if r.outcome is Outcome.CONFLICT:
+                continue
+            outcome = "written" if r.writes else "duplicate"
+            counts[(short(r.position.topic), outcome)] += 1
+        for p in batch.dead_done:
+            counts[(short(p.topic), "deadlettered")] += 1
+        consumed: Counter[str] = Counter()
+        for (topic, outcome), n in counts.items():
+            self.metrics.incr(f"{self.m}.{topic}.{outcome}", n)
+            consumed[topic] += n
+        for topic, n in consumed.items():
+            self.metrics.incr(f"{self.m}.{topic}.consumed", n)
+        revenue: Counter[str] = Counter()
+        for r in applied.resolved:
+            if r.writes and isinstance(r.event, Order):
+                revenue[r.event.currency] += r.event.total_cents
+        for currency, cents in revenue.items():
+            self.metrics.incr(f"{self.m}.revenue.{currency}", cents)
+        self.metrics.gauge(f"{self.m}.batch_size", len(batch.events))
+        if not batch.events:
+            return
+        self.metrics.timing(f"{self.m}.write_latency", seconds * 1000)
+        now = datetime.now(UTC)
+        latencies = [(now - e.event_time).total_seconds() * 1000 for _, e in batch.events]
+        if self.cfg.latency_log:
+            with self.cfg.latency_log.open("a") as f:
+                f.write(" ".join(f"{ms:.2f}" for ms in latencies) + "\n")
+        # A handful of samples per batch: enough for the summary's quantiles without a UDP
+        # packet per event.
+        for ms in latencies[:: max(1, len(latencies) // 10)]:
+            self.metrics.timing(f"{self.m}.e2e_latency", ms)
+
+    def _report_lag(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_lag < self.cfg.lag_interval:
+        if not force and now - self._last_lag < self.cfg.lag_interval:
             return
         self._last_lag = now
         assigned = self.consumer.assignment()
@@ -348,3 +527,10 @@ class RegionalConsumer:
                 self.metrics.gauge(
                     f"{self.m}.{Topics.short(tp.topic)}.{tp.partition}.lag", high - tp.offset
                 )
+
+
+def _too_large(err: object) -> bool:
+    return isinstance(err, KafkaError) and err.code() in (
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    )

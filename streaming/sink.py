@@ -1,39 +1,68 @@
-"""The Cassandra sink: ``add`` buffers events per partition, ``flush`` writes them and always
-clears the buffer, and a typed :class:`SinkBackpressureError` tells the poll loop to pause,
-seek back and retry later (the quix-streams sink contract, written for Cassandra).
+"""The Cassandra sink: writes one batch of decoded events, rollups folded in, and returns only
+when all of it is acknowledged at the session's consistency; the caller commits the Kafka
+offsets after that, never before. A typed :class:`SinkBackpressureError` tells the poll loop to
+pause, keep what it has polled, and retry later (the quix-streams sink contract, written for
+Cassandra).
 
-A flush writes every base row of the buffer concurrently (prepared, idempotent statements, a
-bounded number in flight), rows of one partition grouped into small unlogged batches: Cassandra
-applies a single-partition batch as one mutation, so a store's day costs one request per
-``batch_rows`` rows instead of one per row. Then it recomputes the rollup buckets the buffer
-touched from those base rows. It returns only when all of it is acknowledged at the configured
-consistency: the caller commits the Kafka offsets after that, never before.
+What a batch does, and why in this order, is :func:`retail.aggregates.apply_batch`; this module
+is its :class:`~retail.aggregates.Store` on Cassandra, at a constant cost per event:
+
+* the stored versions of the batch's ids: one ``IN`` read per replica and 100 ids;
+* the rollup buckets it touches: one read per rollup partition (``IN`` on the last key column);
+* writes: prepared idempotent statements, at most ``concurrency`` in flight, the rows of one
+  partition grouped into small unlogged batches (Cassandra applies a single-partition batch as
+  one mutation), routed token-aware to a replica in the local DC.
+
+No read grows with what a bucket, a store or a product already holds.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
-from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+from cassandra import InvalidRequest, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
 
+from retail.aggregates import (
+    KEY_OF,
+    TABLE_OF,
+    Applied,
+    Bucket,
+    BucketKey,
+    ConcurrentWriter,
+    LateCount,
+    apply_batch,
+    bucket_from_row,
+)
 from retail.errors import RetailError
 from retail.events import Event
 from retail.metrics import Metrics
-from retail.ops.rollups import RollupPlan
-from retail.rows import INSERTS, ROLLUP_QUERIES, rows_for
+from retail.rows import (
+    DELETES,
+    IDENTITY_READS,
+    INSERTS,
+    KEYSPACE,
+    MOVEMENTS_SINCE,
+    ROLLUP_KEYS,
+    Position,
+    event_from_row,
+    rollup_read,
+    rollup_write,
+)
 
 log = logging.getLogger(__name__)
 
 # The failures that mean "Cassandra is down or overloaded, try again later". The driver's
 # default retry policy does not retry write timeouts, so they reach us and we back off.
 RETRIABLE = (WriteTimeout, ReadTimeout, Unavailable, OperationTimedOut, NoHostAvailable)
+IN_CHUNK = 100  # keys per IN read: one request, a bounded response
+
+Rows = Sequence[tuple[str, tuple[object, ...]]]
 
 
 class SinkError(RetailError):
@@ -41,7 +70,8 @@ class SinkError(RetailError):
 
 
 class SinkBackpressureError(RetailError):
-    """Cassandra cannot take the writes now: pause, seek back, retry after ``retry_after`` s."""
+    """Cassandra cannot take the writes now: pause, keep the batch, retry after ``retry_after``
+    seconds."""
 
     def __init__(self, retry_after: float, cause: BaseException) -> None:
         self.retry_after = retry_after
@@ -50,19 +80,6 @@ class SinkBackpressureError(RetailError):
             f"Cassandra unavailable or overloaded ({type(cause).__name__}: "
             f"{cause}); retrying in {retry_after:.1f}s"
         )
-
-
-@dataclass
-class FlushResult:
-    """What a successful flush wrote, and the offsets that are now safe to commit."""
-
-    events: int
-    rows: int
-    next_offsets: dict[tuple[str, int], int]
-    event_times: list[datetime] = field(default_factory=list)
-    # When the base rows were acknowledged: the events are readable from then on (the rollups
-    # are recomputed right after, before the flush returns).
-    written_at: datetime | None = None
 
 
 def partition_batches(
@@ -91,7 +108,7 @@ def partition_batches(
 
 
 class CassandraSink:
-    """Buffers decoded events per Kafka partition and writes them to Cassandra on flush."""
+    """Writes batches of events into the local DC (:meth:`write`)."""
 
     def __init__(
         self,
@@ -111,52 +128,112 @@ class CassandraSink:
         self.retry_after = retry_after
         # Prepared once: no query parsing on the hot path, and token-aware routing needs the
         # partition key positions that only a prepared statement carries.
-        self.inserts = {name: self._prepare(cql) for name, cql in INSERTS.items()}
-        self.queries = {name: self._prepare(cql) for name, cql in ROLLUP_QUERIES.items()}
-        self._buffer: dict[tuple[str, int], list[tuple[int, Event]]] = defaultdict(list)
-        self._skipped: dict[tuple[str, int], int] = {}
+        self.inserts = {t: self._prepare(cql) for t, cql in INSERTS.items()}
+        self.deletes = {t: self._prepare(cql) for t, cql in DELETES.items()}
+        self.identity = {t: self._prepare(cql) for t, cql in IDENTITY_READS.items()}
+        self.rollup_reads = {t: self._prepare(rollup_read(t)) for t in ROLLUP_KEYS}
+        self.rollup_writes = {t: self._prepare(rollup_write(t)) for t in ROLLUP_KEYS}
+        self.movements_since = self._prepare(MOVEMENTS_SINCE)
 
     def _prepare(self, cql: str) -> PreparedStatement:
         stmt = self.session.prepare(cql)
-        stmt.is_idempotent = True  # every write here is safe to send twice
+        stmt.is_idempotent = True  # every statement here is safe to send twice
         return stmt
 
-    def add(self, topic: str, partition: int, offset: int, event: Event) -> None:
-        """Buffer one event read at (topic, partition, offset)."""
-        self._buffer[(topic, partition)].append((offset, event))
+    def write(self, batch: Sequence[tuple[Position, Event]]) -> Applied:
+        """Write one batch (messages in offset order per partition): rows, deletes and rollups.
+        Raises SinkBackpressureError when a retry later can succeed, SinkError when not."""
+        try:
+            return apply_batch(self, batch)
+        except ConcurrentWriter as exc:
+            # A consumer that lost these partitions is still writing: retry at once, the
+            # batch's folded part is skipped by the watermarks.
+            self.metrics.incr("sink.concurrent_writer")
+            raise SinkBackpressureError(0.0, exc) from exc
 
-    def mark_done(self, topic: str, partition: int, offset: int) -> None:
-        """Record an offset that needs no write (another region's event, a dead letter) so that
-        the next flush still moves the partition's commit point past it."""
-        key = (topic, partition)
-        self._skipped[key] = max(self._skipped.get(key, -1), offset)
+    # -- the Store of retail.aggregates ---------------------------------------------------------
 
-    def clear(self) -> None:
-        self._buffer.clear()
-        self._skipped.clear()
+    def read_versions(
+        self, ids: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[Event, str | None]]:
+        by_table: dict[str, list[str]] = defaultdict(list)
+        for table, id_ in ids:
+            by_table[table].append(id_)
+        statements = []
+        tables = []
+        for table, values in by_table.items():
+            for chunk in self._by_replica(values):
+                bound = self.identity[table].bind((chunk,))
+                bound.routing_key = chunk[0].encode()
+                statements.append((bound, ()))
+                tables.append(table)
+        out: dict[tuple[str, str], tuple[Event, str | None]] = {}
+        for table, rows in zip(tables, self._run(statements, "identity read"), strict=True):
+            for row in rows:  # type: ignore[attr-defined]
+                event, source = event_from_row(table, row)
+                out[(table, row[0])] = (event, source)
+        return out
 
-    def flush(self) -> FlushResult:
-        """Write everything buffered; the buffer is cleared whether this succeeds or raises."""
-        buffer, skipped = dict(self._buffer), dict(self._skipped)
-        self.clear()
-        next_offsets = {key: off + 1 for key, off in skipped.items()}
-        for key, items in buffer.items():
-            next_offsets[key] = max(next_offsets.get(key, 0), max(o for o, _ in items) + 1)
-        events = [e for items in buffer.values() for _, e in items]
-        if not events:
-            return FlushResult(0, 0, next_offsets)
-        rows = [(self.inserts[name], values) for e in events for name, values in rows_for(e)]
-        self._run([(b, ()) for b in partition_batches(rows, self.batch_rows)], "write")
-        written_at = datetime.now(UTC)
-        self._recompute_rollups(events)
-        return FlushResult(
-            len(events), len(rows), next_offsets, [e.event_time for e in events], written_at
-        )
+    def _by_replica(self, ids: list[str]) -> list[list[str]]:
+        """Ids grouped by their replicas in the local DC, in chunks of IN_CHUNK: each IN read
+        goes to a node that holds every one of its partitions."""
+        meta = self.session.cluster.metadata
+        groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        for id_ in ids:
+            replicas = meta.get_replicas(KEYSPACE, id_.encode())
+            local = tuple(sorted(h.address for h in replicas if h.datacenter == self.local_dc))
+            groups[local].append(id_)
+        return [g[i : i + IN_CHUNK] for g in groups.values() for i in range(0, len(g), IN_CHUNK)]
 
-    def _run(
-        self, statements: Sequence[tuple[PreparedStatement, Sequence[object]]], what: str
-    ) -> list[object]:
+    def read_buckets(self, keys: Collection[BucketKey]) -> dict[BucketKey, Bucket]:
+        partitions: dict[tuple[str, tuple[Any, ...]], list[Any]] = defaultdict(list)
+        for key in keys:
+            partitions[(TABLE_OF[type(key)], tuple(key[:-1]))].append(key[-1])
+        statements = []
+        reads = []
+        for (table, prefix), last in partitions.items():
+            for i in range(0, len(last), IN_CHUNK):
+                statements.append((self.rollup_reads[table], (*prefix, last[i : i + IN_CHUNK])))
+                reads.append((table, prefix))
+        out: dict[BucketKey, Bucket] = {}
+        for (table, prefix), rows in zip(reads, self._run(statements, "rollup read"), strict=True):
+            key_type = KEY_OF[table]
+            for row in rows:  # type: ignore[attr-defined]
+                out[key_type(*prefix, row[0])] = bucket_from_row(table, row)
+        return out
+
+    def read_movements(self, late: LateCount) -> Iterable[Any]:
+        statements = [
+            (self.movements_since, (late.key.store_id, day, late.after)) for day in late.days
+        ]
+        return [row for rows in self._run(statements, "late count read") for row in rows]  # type: ignore[attr-defined]
+
+    def write_buckets(self, buckets: Sequence[tuple[BucketKey, Bucket]]) -> None:
+        rows = [
+            (
+                self.rollup_writes[TABLE_OF[type(key)]],
+                (*key, *bucket.values(), bucket.watermark, bucket.write_timestamp()),
+            )
+            for key, bucket in buckets
+        ]
+        self._write(rows, "rollup write")
+
+    def write_deletes(self, rows: Rows) -> None:
+        self._write([(self.deletes[table], values) for table, values in rows], "delete")
+
+    def write_rows(self, rows: Rows) -> None:
+        self._write([(self.inserts[table], values) for table, values in rows], "write")
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def _write(self, rows: Sequence[tuple[PreparedStatement, Sequence[object]]], what: str) -> None:
+        if rows:
+            self._run([(b, ()) for b in partition_batches(rows, self.batch_rows)], what)
+
+    def _run(self, statements: Sequence[tuple[Any, Sequence[object]]], what: str) -> list[object]:
         """Execute concurrently (at most ``concurrency`` in flight); raise on any failure."""
+        if not statements:
+            return []
         # With no coordinator up, every request fails at once, inside the driver's callback
         # chain: execute_concurrent then recurses per statement and dies sorting the errors
         # (RecursionError, TypeError). Asking the driver's own view of the hosts first avoids
@@ -180,23 +257,11 @@ class CassandraSink:
             self.metrics.incr(f"sink.errors.{type(first).__name__}", len(failures))
             if isinstance(first, RETRIABLE):
                 raise SinkBackpressureError(self.retry_after, first)
+            hint = ""
+            if isinstance(first, InvalidRequest) and "unconfigured table" in str(first):
+                hint = "; the schema is not migrated: run `retail migrate`"
             raise SinkError(
                 f"{len(failures)} of {len(statements)} {what}s failed; first: "
-                f"{type(first).__name__}: {first}"
+                f"{type(first).__name__}: {first}{hint}"
             ) from first
         return [r for _, r in results]
-
-    def _recompute_rollups(self, events: Iterable[Event]) -> None:
-        """Recompute every rollup bucket the events touched, in two round trips: all reads at
-        once, then all writes at once (see :class:`retail.ops.rollups.RollupPlan`).
-
-        A store's hour is recounted from its base rows. A store's day is the sum of its hours:
-        the hours just recounted, plus the others as the hour table has them (exact, since one
-        consumer at a time owns a store's partition and wrote them the same way).
-        """
-        plan = RollupPlan.for_events(events)
-        reads = self._run(plan.reads(self.queries), "rollup read")
-        writes = plan.recompute(reads).writes(self.queries)
-        if writes:
-            batches = partition_batches(writes, self.batch_rows)
-            self._run([(b, ()) for b in batches], "rollup write")

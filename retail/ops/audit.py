@@ -3,10 +3,13 @@
 For every message of the event topics whose timestamp falls in the window (found with
 ``offsets_for_times``, decoded with :func:`retail.events.decode`):
 
-* a valid event must have every base row :func:`retail.rows.rows_for` says it writes (orders by
-  order id, inventory movements by store, SKU, event time and event id, ...);
-* an invalid one must be in the dead-letter topic, found by the ``origin.*`` headers the
-  consumer puts on every dead letter.
+* a valid event of its topic's region must be stored: its id's table holds this version or a
+  later one (a resend replaces an earlier version everywhere), and when it holds this version,
+  the version's row by store and day exists too;
+* a message the consumers must refuse must be in the dead-letter topic, found by the
+  ``origin.*`` headers the consumer puts on every dead letter: it does not decode, its region
+  header or topic disagrees with its body (:func:`retail.kafka.misrouted`), it arrived unrouted,
+  or it tries to move an id to another store (a conflict: :mod:`retail.aggregates`).
 
 Only what the responsible consumer group says it has done is judged: a message at or past the
 group's committed offset is *pending* (not yet consumed), counted and reported, never called
@@ -22,57 +25,49 @@ durably written, whatever replication lag the other DCs have (the repair DAG loo
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent_with_args
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from retail import kafka as conv
+from retail.aggregates import ms
 from retail.errors import RetailError
 from retail.events import Event, InvalidEvent, Order, decode
 from retail.kafka import Topics
-from retail.rows import INSERTS, KEYSPACE, rows_for
+from retail.rows import KEYSPACE, identity, utc_day
 
 log = logging.getLogger(__name__)
 
-REGION_HEADER = "region"  # set by retail.producer; read by the consumers without decoding
 EXAMPLES = 10  # ids shown per kind of finding
+
+# The stored version of an id, and whether a version's row by store and day exists.
+STORED_VERSION = {
+    "orders": f"SELECT store_id, event_time FROM {KEYSPACE}.orders WHERE order_id = ?",
+    "inventory_movements": (
+        f"SELECT store_id, event_time FROM {KEYSPACE}.inventory_movements WHERE event_id = ?"
+    ),
+}
+DAY_ROW = {
+    "orders": (
+        "orders_by_store_day",
+        f"SELECT order_id FROM {KEYSPACE}.orders_by_store_day "
+        "WHERE store_id = ? AND day = ? AND event_time = ? AND order_id = ?",
+    ),
+    "inventory_movements": (
+        "inventory_by_store_day",
+        f"SELECT event_id FROM {KEYSPACE}.inventory_by_store_day "
+        "WHERE store_id = ? AND day = ? AND event_time = ? AND event_id = ?",
+    ),
+}
 
 
 class AuditError(RetailError):
     """The audit could not read what it needs (Kafka or a DC unreachable)."""
-
-
-_INSERT = re.compile(r"INSERT INTO (\w+)\.(\w+) \(([^)]*)\)")
-
-
-def insert_columns() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Insert name -> (table, its columns in the order rows_for binds them)."""
-    out = {}
-    for name, cql in INSERTS.items():
-        match = _INSERT.search(cql)
-        if match is None:
-            raise AuditError(f"cannot read the columns of insert {name!r}: {cql[:80]}")
-        cols = tuple(c.strip() for c in match.group(3).split(","))
-        out[name] = (match.group(2), cols)
-    return out
-
-
-def row_keys(
-    event: Event, primary_keys: Mapping[str, tuple[str, ...]]
-) -> list[tuple[str, tuple[object, ...]]]:
-    """(table, primary key values) of every base row ``event`` writes."""
-    columns = insert_columns()
-    keys = []
-    for name, values in rows_for(event):
-        table, cols = columns[name]
-        row = dict(zip(cols, values, strict=False))  # the last value is the write timestamp
-        keys.append((table, tuple(row[c] for c in primary_keys[table])))
-    return keys
 
 
 def event_label(event: Event) -> str:
@@ -84,28 +79,38 @@ def event_label(event: Event) -> str:
 
 @dataclass(frozen=True)
 class Seen:
-    """One message of the window."""
+    """One message of the window: a valid event of its topic's region, or why the consumers
+    must refuse it."""
 
     topic: str
     partition: int
     offset: int
-    region: str | None  # the producer's header
     event: Event | None
-    reason: str | None  # why it is invalid
+    reason: str | None  # why it must be dead-lettered
 
     @property
     def where(self) -> str:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-def responsible_group(seen: Seen, prefix: str, regions: list[str]) -> str:
-    """The group that writes or dead-letters a message, by the consumers' routing rule: the
-    event's region; for an invalid message the region of its header, or the first region's
-    group (the catch-all) when the header names none."""
-    if seen.event is not None:
-        return f"{prefix}-{seen.event.region}"
-    region = seen.region if seen.region in regions else regions[0]
-    return f"{prefix}-{region}"
+def judge(
+    msg_topic: str, header: str | None, value: bytes, topics: Topics
+) -> tuple[Event | None, str | None]:
+    """What the consumers do with a message: (the event to write, None) or (None, the reason
+    it is dead-lettered), by the same rules."""
+    try:
+        event = decode(value)
+    except InvalidEvent as exc:
+        return None, exc.reason
+    kind = "order" if isinstance(event, Order) else "inventory"
+    reason = conv.misrouted(topics, msg_topic, header, event.region, kind)
+    return (None, reason) if reason else (event, None)
+
+
+def responsible_group(seen: Seen, topics: Topics) -> str:
+    """The group that reads a message's topic: its region's, or the catch-all's for unrouted."""
+    region = topics.region_of(seen.topic) or topics.regions[0]
+    return conv.group_name(topics.prefix, region)
 
 
 @dataclass
@@ -165,13 +170,6 @@ class AuditReport:
 
 
 # -- Kafka ---------------------------------------------------------------------------------------
-
-
-def _header(msg: Message, name: str) -> str | None:
-    for key, value in msg.headers() or []:
-        if key == name and value is not None:
-            return value.decode(errors="replace")
-    return None
 
 
 def _consumer(bootstrap: str, group: str) -> Consumer:
@@ -235,13 +233,14 @@ def _offsets_at(
 
 def read_window(
     bootstrap: str,
-    topics: list[str],
+    topics: Topics,
+    audited: list[str],
     start_ms: int,
     end_ms: int,
     *,
     timeout: float = 120.0,
 ) -> list[Seen]:
-    """Every message of ``topics`` with a timestamp in [start_ms, end_ms), decoded."""
+    """Every message of ``audited`` with a timestamp in [start_ms, end_ms), judged."""
     consumer = _consumer(bootstrap, "retail-pipeline-audit")
     seen: list[Seen] = []
     try:
@@ -249,7 +248,7 @@ def read_window(
             meta = consumer.list_topics(timeout=10)
         except KafkaException as exc:
             raise AuditError(f"Kafka at {bootstrap} did not answer: {exc}") from exc
-        for topic in topics:
+        for topic in audited:
             if topic not in meta.topics:
                 raise AuditError(f"topic {topic} does not exist; check the topic prefix")
             parts = sorted(meta.topics[topic].partitions)
@@ -260,13 +259,9 @@ def read_window(
                     _, ts = msg.timestamp()
                     if not start_ms <= ts < end_ms:
                         continue  # a producer clock out of order: judged by its own window
-                    try:
-                        event, reason = decode(msg.value() or b""), None
-                    except InvalidEvent as exc:
-                        event, reason = None, exc.reason
-                    seen.append(
-                        Seen(topic, p, msg.offset(), _header(msg, REGION_HEADER), event, reason)
-                    )
+                    header = conv.header(msg.headers(), conv.REGION_HEADER)
+                    event, reason = judge(topic, header, msg.value() or b"", topics)
+                    seen.append(Seen(topic, p, msg.offset(), event, reason))
             log.info("%s: %d messages in the window", topic, sum(s.topic == topic for s in seen))
     finally:
         consumer.close()
@@ -290,9 +285,9 @@ def read_dead_letter_origins(
         for p in parts:
             _, high = consumer.get_watermark_offsets(TopicPartition(deadletter, p), timeout=10)
             for msg in read_range(consumer, deadletter, p, first[p], high, timeout):
-                topic = _header(msg, "origin.topic")
-                part = _header(msg, "origin.partition")
-                offset = _header(msg, "origin.offset")
+                topic = conv.header(msg.headers(), conv.DLQ_ORIGIN_TOPIC)
+                part = conv.header(msg.headers(), conv.DLQ_ORIGIN_PARTITION)
+                offset = conv.header(msg.headers(), conv.DLQ_ORIGIN_OFFSET)
                 if topic and part and offset and part.isdigit() and offset.isdigit():
                     origins.add((topic, int(part), int(offset)))
     finally:
@@ -320,36 +315,42 @@ def committed_offsets(
 # -- Cassandra -----------------------------------------------------------------------------------
 
 
-def missing_keys(
-    session: Session,
-    table: str,
-    key_columns: tuple[str, ...],
-    keys: list[tuple[object, ...]],
-    *,
-    concurrency: int = 64,
-) -> set[tuple[object, ...]]:
-    """The keys of ``keys`` that have no row in ``table`` (point reads, in parallel)."""
-    if not keys:
-        return set()
-    where = " AND ".join(f"{c} = ?" for c in key_columns)
-    stmt = session.prepare(f"SELECT {key_columns[0]} FROM {KEYSPACE}.{table} WHERE {where}")
-    results = execute_concurrent_with_args(
-        session, stmt, keys, concurrency=concurrency, raise_on_first_error=True
-    )
-    return {key for key, (ok, rows) in zip(keys, results, strict=True) if ok and not rows.one()}
-
-
-def primary_keys(session: Session, tables: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """Primary key columns (partition then clustering) of ``tables``, from the live schema."""
-    ks = session.cluster.metadata.keyspaces.get(KEYSPACE)
-    if ks is None:
-        raise AuditError(f"keyspace {KEYSPACE} does not exist: run the schema_migrations DAG")
-    out = {}
-    for t in tables:
-        if t not in ks.tables:
-            raise AuditError(f"table {KEYSPACE}.{t} does not exist: run the schema_migrations DAG")
-        out[t] = tuple(c.name for c in ks.tables[t].primary_key)
+def stored_versions(session: Session, events: list[Event]) -> list[tuple[str, object] | None]:
+    """Per event, the stored version of its id: (store_id, event_time), or None (point reads,
+    in parallel)."""
+    out: list[tuple[str, object] | None] = [None] * len(events)
+    by_table: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(events):
+        by_table[identity(e)[0]].append(i)
+    for table, indexes in by_table.items():
+        stmt = session.prepare(STORED_VERSION[table])
+        args = [(identity(events[i])[1],) for i in indexes]
+        results = execute_concurrent_with_args(
+            session, stmt, args, concurrency=64, raise_on_first_error=True
+        )
+        for i, (_, rows) in zip(indexes, results, strict=True):
+            row = rows.one()
+            out[i] = None if row is None else (row.store_id, row.event_time)
     return out
+
+
+def missing_day_rows(session: Session, events: list[Event]) -> set[int]:
+    """Indexes of ``events`` whose row by store and day does not exist."""
+    absent: set[int] = set()
+    by_table: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(events):
+        by_table[identity(e)[0]].append(i)
+    for table, indexes in by_table.items():
+        stmt = session.prepare(DAY_ROW[table][1])
+        args = [
+            (e.store_id, utc_day(e.event_time), e.event_time, identity(e)[1])
+            for e in (events[i] for i in indexes)
+        ]
+        results = execute_concurrent_with_args(
+            session, stmt, args, concurrency=64, raise_on_first_error=True
+        )
+        absent |= {i for i, (_, rows) in zip(indexes, results, strict=True) if not rows.one()}
+    return absent
 
 
 # -- the audit -----------------------------------------------------------------------------------
@@ -360,82 +361,76 @@ def audit(
     bootstrap: str,
     topics: Topics,
     audited: list[str],
-    regions: list[str],
     sessions: Callable[[str], Session],
     start_ms: int,
     end_ms: int,
-    prefix: str,
 ) -> AuditReport:
     """Reconcile the window [start_ms, end_ms) of the ``audited`` topics with Cassandra.
 
     ``sessions(region)`` returns a session whose local DC is that region, at LOCAL_QUORUM.
     """
-    seen = read_window(bootstrap, audited, start_ms, end_ms)
+    seen = read_window(bootstrap, topics, audited, start_ms, end_ms)
     report = AuditReport(start_ms, end_ms, {t: TopicAudit(t) for t in audited})
-    groups = [f"{prefix}-{r}" for r in regions]
+    groups = sorted({responsible_group(s, topics) for s in seen})
     partitions = sorted({(s.topic, s.partition) for s in seen})
     committed = committed_offsets(bootstrap, groups, partitions) if partitions else {}
-    origins = (
-        read_dead_letter_origins(bootstrap, topics.deadletter, start_ms)
-        if any(s.event is None for s in seen)
-        else set()
-    )
+    origins = read_dead_letter_origins(bootstrap, topics.deadletter, start_ms) if seen else set()
 
-    # Valid, consumed events by region: their rows are looked up in that region's DC.
+    def lost(s: Seen, text: str) -> None:
+        t = report.topics[s.topic]
+        t.missing += 1
+        _example(t.missing_examples, text)
+
+    # Valid, consumed events by region: they are looked up in that region's DC.
     to_check: dict[str, list[Seen]] = defaultdict(list)
     for s in seen:
         t = report.topics[s.topic]
         t.messages += 1
         t.per_partition[s.partition] = t.per_partition.get(s.partition, 0) + 1
-        group = responsible_group(s, prefix, regions)
-        consumed = committed.get(group, {}).get((s.topic, s.partition), -1) > s.offset
-        if s.event is None:
+        group = responsible_group(s, topics)
+        if committed.get(group, {}).get((s.topic, s.partition), -1) <= s.offset:
+            t.pending += 1
+            _example(t.pending_examples, f"{s.where} not yet consumed by {group}")
+        elif s.event is not None:
+            t.events += 1
+            to_check[s.event.region].append(s)
+        else:
             t.invalid += 1
             if (s.topic, s.partition, s.offset) in origins:
                 t.deadlettered += 1
-            elif consumed:
-                t.missing += 1
-                _example(
-                    t.missing_examples,
-                    f"invalid message {s.where} ({s.reason}) was not dead-lettered by {group}",
-                )
             else:
-                t.pending += 1
-                _example(t.pending_examples, f"{s.where} not yet consumed by {group}")
-            continue
-        t.events += 1
-        if consumed:
-            to_check[s.event.region].append(s)
-        else:
-            t.pending += 1
-            _example(t.pending_examples, f"{s.where} not yet consumed by {group}")
+                lost(s, f"invalid message {s.where} ({s.reason}) was not dead-lettered by {group}")
 
     for region, items in sorted(to_check.items()):
         session = sessions(region)
-        pks = primary_keys(session, {table for table, _ in insert_columns().values()})
-        wanted: dict[str, list[tuple[object, ...]]] = defaultdict(list)
-        owner: dict[tuple[str, tuple[object, ...]], Seen] = {}
-        for s in items:
-            assert s.event is not None
-            for table, key in row_keys(s.event, pks):
-                wanted[table].append(key)
-                owner[(table, key)] = s
-        lost: dict[tuple[str, int, int], tuple[Seen, list[str]]] = {}
-        for table, keys in sorted(wanted.items()):
-            absent = missing_keys(session, table, pks[table], keys)
-            report.rows_checked += len(keys)
-            log.info("%s: %d %s rows checked, %d missing", region, len(keys), table, len(absent))
-            for key in absent:
-                s = owner[(table, key)]
-                lost.setdefault((s.topic, s.partition, s.offset), (s, []))[1].append(table)
-        for s, tables_missing in lost.values():
-            assert s.event is not None
-            t = report.topics[s.topic]
-            t.missing += 1
-            _example(
-                t.missing_examples,
-                f"{event_label(s.event)} at {s.where}: no row in {', '.join(tables_missing)}",
-            )
+        events = [s.event for s in items if s.event is not None]
+        versions = stored_versions(session, events)
+        report.rows_checked += len(events)
+        current: list[int] = []
+        for i, (s, e, version) in enumerate(zip(items, events, versions, strict=True)):
+            table = identity(e)[0]
+            if version is None:
+                lost(s, f"{event_label(e)} at {s.where}: no row in {table}")
+            elif version[0] != e.store_id:
+                # It tried to move the id to another store: the consumer dead-letters it.
+                if (s.topic, s.partition, s.offset) in origins:
+                    report.topics[s.topic].deadlettered += 1
+                else:
+                    lost(
+                        s,
+                        f"{event_label(e)} at {s.where} conflicts with {table}, not dead-lettered",
+                    )
+            elif ms(version[1]) < ms(e.event_time):  # type: ignore[arg-type]
+                lost(s, f"{event_label(e)} at {s.where}: {table} holds an older version")
+            elif ms(version[1]) == ms(e.event_time):  # type: ignore[arg-type]
+                current.append(i)
+            # else: a later version replaced it, which is what a resend does
+        absent = missing_day_rows(session, [events[i] for i in current])
+        report.rows_checked += len(current)
+        for j in sorted(absent):
+            s, e = items[current[j]], events[current[j]]
+            lost(s, f"{event_label(e)} at {s.where}: no row in {DAY_ROW[identity(e)[0]][0]}")
+        log.info("%s: %d events checked, %d current versions", region, len(events), len(current))
     return report
 
 

@@ -62,11 +62,12 @@ def skew(values: Iterable[float]) -> float:
 
 
 def metric_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The topic's name in metric names: the short name (``orders``) for the platform's own
-    topics, as the metrics contract says; ``<prefix>_<short>`` for topics under another prefix
-    (a staging or test prefix), so they never share a series with the platform's."""
-    short = Topics.short(topic)
-    return short if prefix == DEFAULT_PREFIX else f"{prefix.replace('.', '_')}_{short}"
+    """The topic's name in metric names: for the platform's own topics the name without the
+    prefix (``eu-west_orders``, ``deadletter``), as the metrics contract says; ``<prefix>_...``
+    for topics under another prefix (a staging or test prefix), so they never share a series
+    with the platform's."""
+    name = Topics.named(prefix).metric_name(topic)
+    return name if prefix == DEFAULT_PREFIX else f"{prefix.replace('.', '_')}_{name}"
 
 
 # -- Kafka ---------------------------------------------------------------------------------------

@@ -1,22 +1,27 @@
-"""The application-maintained rollups, recomputed from the base rows: one implementation for the
-consumer's sink (the buckets a batch touched) and for the rollup repair of the
-``materialized_view_rebuild`` DAG (every bucket of a time window, compared with what is stored).
+"""The rollup repair of the ``materialized_view_rebuild`` DAG: recount every rollup bucket of a
+time window from the base rows, compare with what is stored, and correct what differs.
 
-What a bucket holds:
+The consumers fold events into the rollups incrementally (:mod:`retail.aggregates`); this is the
+independent check and the way back from a wrong bucket (a bug, a restore, a hand edit). What a
+bucket should hold, from the base rows alone:
 
-- ``sales_by_store_hour``: a store's orders of one UTC hour, recounted from
-  ``orders_by_store_day`` (``totals``);
-- ``sales_by_region_day``: a store's day, the sum of its hours: the hours just recounted plus the
-  others as the hour table has them;
-- ``stock_by_store``: a product's level in a store from all its movements (``stock_level``).
+* ``sales_by_store_hour`` / ``sales_by_region_day`` / ``product_sales_by_store_day``: the
+  orders of the store's day partition in ``orders_by_store_day`` (lines included), summed with
+  the same contributions the consumers fold (:func:`retail.aggregates.sums_of`);
+* ``stock_by_store``: the definition of :func:`retail.rows.stock_level` over the store's
+  movements from the latest count of the product on. Its days are read from the stored count's
+  day (at most :data:`STOCK_LOOKBACK_DAYS` back); a product whose latest count is older cannot be
+  checked from its recent days and is reported so.
 
-The arithmetic lives in :mod:`retail.rows`; this module decides which rows to read and what to
-write from them.
+A correction keeps the bucket's watermark and is written one above its fence: a consumer that
+folds into the bucket after the repair read it writes a higher timestamp, and its state wins;
+the repair never overwrites a newer state with an older one.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -24,144 +29,44 @@ from typing import Any
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import PreparedStatement
 
+from retail.aggregates import (
+    KEY_OF,
+    TABLE_OF,
+    Bucket,
+    BucketKey,
+    HourKey,
+    Stock,
+    StockKey,
+    bucket_from_row,
+    empty,
+    ms,
+    sums_of,
+)
 from retail.errors import ConfigError
-from retail.events import Event, InventoryMovement, Order
-from retail.rows import KEYSPACE, ROLLUP_QUERIES, HourBucket, hour_bucket, stock_level, totals
+from retail.events import LineItem, Order
+from retail.rows import KEYSPACE, ROLLUP_TABLES, rollup_read, rollup_write, stock_level
 
 log = logging.getLogger(__name__)
 
-ROLLUP_TABLES = ("sales_by_store_hour", "sales_by_region_day", "stock_by_store")
 MAX_WINDOW_HOURS = 168  # a week: the repair reads every bucket of the window
+STOCK_LOOKBACK_DAYS = 7
 EXAMPLES = 5  # corrections quoted per table in the report
 
-Totals = tuple[int, int, "str | None"]
-Statements = list[tuple[PreparedStatement, Sequence[object]]]
-
-
-@dataclass(frozen=True)
-class Recomputed:
-    """The rollup rows as the base rows say they should be."""
-
-    hours: dict[HourBucket, Totals]  # recounted from orders_by_store_day
-    stored_hours: dict[tuple[str, date], dict[int, Totals]]  # the hour table, as read
-    days: dict[tuple[str, date, str], Totals]  # (region, day, store) -> the store's day
-    stock: dict[tuple[str, str], tuple[int, datetime | None]]  # (store, sku) -> level, as_of
-
-    def writes(self, q: dict[str, PreparedStatement]) -> Statements:
-        """Every row overwritten with its recomputed value (what the sink does after a flush)."""
-        writes: Statements = [
-            (q["write_store_hour"], (b.store_id, b.day, b.hour, *t)) for b, t in self.hours.items()
-        ]
-        writes += [
-            (q["write_region_day"], (region, day, store, *t))
-            for (region, day, store), t in self.days.items()
-        ]
-        writes += [
-            (q["write_stock"], (store, sku, level, as_of or datetime.now(UTC)))
-            for (store, sku), (level, as_of) in self.stock.items()
-        ]
-        return writes
-
-
-@dataclass(frozen=True)
-class RollupPlan:
-    """The buckets to recompute and the reads that recompute them (in one round trip)."""
-
-    hours: tuple[HourBucket, ...]
-    days: dict[tuple[str, date], str]  # (store, day) -> region
-    skus: tuple[tuple[str, str], ...]
-
-    @classmethod
-    def of(cls, hours: Iterable[HourBucket], skus: Iterable[tuple[str, str]]) -> RollupPlan:
-        hour_list = tuple(sorted(set(hours)))
-        days = {(b.store_id, b.day): b.region for b in hour_list}
-        return cls(hour_list, dict(sorted(days.items())), tuple(sorted(set(skus))))
-
-    @classmethod
-    def for_events(cls, events: Iterable[Event]) -> RollupPlan:
-        """The buckets a batch of events touched."""
-        hours: set[HourBucket] = set()
-        skus: set[tuple[str, str]] = set()
-        for e in events:
-            if isinstance(e, Order):
-                hours.add(hour_bucket(e))
-            elif isinstance(e, InventoryMovement):
-                skus.add((e.store_id, e.sku))
-        return cls.of(hours, skus)
-
-    def reads(self, q: dict[str, PreparedStatement]) -> Statements:
-        return (
-            [(q["orders_in_hour"], (b.store_id, b.day, b.start, b.end)) for b in self.hours]
-            + [(q["store_hours"], key) for key in self.days]
-            + [(q["sku_movements"], key) for key in self.skus]
-        )
-
-    def recompute(self, results: Sequence[Iterable[Any]]) -> Recomputed:
-        """The rollup rows from the results of :meth:`reads`, in the same order."""
-        n_hours, n_days = len(self.hours), len(self.days)
-        hour_reads = results[:n_hours]
-        day_reads = results[n_hours : n_hours + n_days]
-        sku_reads = results[n_hours + n_days :]
-
-        hours: dict[HourBucket, Totals] = {}
-        fresh: dict[tuple[str, date], dict[int, Totals]] = {}
-        for bucket, rows in zip(self.hours, hour_reads, strict=True):
-            t = totals((1, r.total_cents, r.currency) for r in rows)
-            hours[bucket] = t
-            fresh.setdefault((bucket.store_id, bucket.day), {})[bucket.hour] = t
-        stored_hours: dict[tuple[str, date], dict[int, Totals]] = {}
-        days: dict[tuple[str, date, str], Totals] = {}
-        for (key, region), rows in zip(self.days.items(), day_reads, strict=True):
-            stored = {r.hour: (r.order_count, r.revenue_cents, r.currency) for r in rows}
-            stored_hours[key] = stored
-            recounted = fresh[key]
-            others = [t for hour, t in stored.items() if hour not in recounted]
-            store_id, day = key
-            days[(region, day, store_id)] = totals([*others, *recounted.values()])
-        stock = {
-            key: stock_level((r.event_time, r.event_id, r.kind, r.quantity) for r in rows)
-            for key, rows in zip(self.skus, sku_reads, strict=True)
-        }
-        return Recomputed(hours, stored_hours, days, stock)
-
-
-# -- the window repair (the DAG) ---------------------------------------------------------------
-
-# Reads that find the buckets of a window and what the rollup tables hold for them. DISTINCT
-# over partition keys reads one entry per partition (a store's day), not the rows.
+# Reads that find the window's store days and read their base rows. DISTINCT over partition
+# keys reads one entry per partition (a store's day), not the rows.
 REPAIR_QUERIES: dict[str, str] = {
     "order_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.orders_by_store_day",
-    "hour_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.sales_by_store_hour",
     "inventory_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.inventory_by_store_day",
-    "store_region": (
-        f"SELECT region FROM {KEYSPACE}.orders_by_store_day WHERE store_id = ? AND day = ? LIMIT 1"
+    "hour_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.sales_by_store_hour",
+    "product_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.product_sales_by_store_day",
+    "store_day_orders": (
+        f"SELECT store_id, region, event_time, order_id, currency, total_cents, lines "
+        f"FROM {KEYSPACE}.orders_by_store_day WHERE store_id = ? AND day = ?"
     ),
-    "region_day": (
-        f"SELECT store_id, order_count, revenue_cents, currency FROM {KEYSPACE}."
-        "sales_by_region_day WHERE region = ? AND day = ?"
-    ),
-    "moved_skus": (
-        f"SELECT sku FROM {KEYSPACE}.inventory_by_store_day WHERE store_id = ? AND day = ? "
-        "AND event_time >= ? AND event_time < ?"
-    ),
-    "store_stock": f"SELECT sku, quantity, as_of FROM {KEYSPACE}.stock_by_store WHERE store_id = ?",
-}
-
-# Corrections carry the time the repair started as their write timestamp: a consumer that
-# recomputes the same bucket after that moment read newer base rows, and its write must win.
-CORRECTIONS: dict[str, str] = {
-    "write_store_hour": ROLLUP_QUERIES["write_store_hour"] + " USING TIMESTAMP ?",
-    "write_region_day": ROLLUP_QUERIES["write_region_day"] + " USING TIMESTAMP ?",
-    "write_stock": ROLLUP_QUERIES["write_stock"] + " USING TIMESTAMP ?",
-    "delete_store_hour": (
-        f"DELETE FROM {KEYSPACE}.sales_by_store_hour USING TIMESTAMP ? "
-        "WHERE store_id = ? AND day = ? AND hour = ?"
-    ),
-    "delete_region_day": (
-        f"DELETE FROM {KEYSPACE}.sales_by_region_day USING TIMESTAMP ? "
-        "WHERE region = ? AND day = ? AND store_id = ?"
+    "store_day_movements": (
+        f"SELECT event_time, event_id, sku, kind, quantity "
+        f"FROM {KEYSPACE}.inventory_by_store_day WHERE store_id = ? AND day = ?"
     ),
 }
 
@@ -197,19 +102,27 @@ class Window:
             t += timedelta(hours=1)
         return days
 
+    def holds(self, key: BucketKey) -> bool:
+        """Whether the window checks this bucket: an hour inside it, any day it touches."""
+        if isinstance(key, HourKey):
+            return key.hour in self.hours_of(key.day)
+        if isinstance(key, StockKey):
+            return True
+        return key.day in self.days
+
 
 @dataclass(frozen=True)
 class Correction:
     table: str
     key: tuple[Any, ...]
     stored: tuple[Any, ...] | None  # None: no row
-    expected: tuple[Any, ...] | None  # None: the row should not exist
+    expected: tuple[Any, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "key": [_plain(v) for v in self.key],
             "stored": None if self.stored is None else [_plain(v) for v in self.stored],
-            "expected": None if self.expected is None else [_plain(v) for v in self.expected],
+            "expected": [_plain(v) for v in self.expected],
         }
 
 
@@ -217,61 +130,40 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
-def _naive(t: datetime | None) -> datetime | None:
-    # The driver reads timestamps back as naive UTC; compare like with like.
-    return t.astimezone(UTC).replace(tzinfo=None) if t is not None and t.tzinfo else t
+def _shown(key: BucketKey, bucket: Bucket) -> tuple[Any, ...]:
+    """What a bucket is compared on: (count, cents, currency) or (quantity,)."""
+    v = bucket.value
+    if isinstance(v, Stock):
+        return (v.quantity,)
+    return (v.count, v.cents, v.currency if v.count else None)
 
 
 def corrections(
-    recomputed: Recomputed,
-    stored_days: dict[tuple[str, date, str], Totals],
-    stored_stock: dict[tuple[str, str], tuple[int, datetime | None]],
+    expected: dict[BucketKey, Bucket], stored: dict[BucketKey, Bucket]
 ) -> tuple[dict[str, int], list[Correction]]:
-    """Compare recomputed rollups with the stored rows: (buckets checked per table, the rows to
-    correct). An empty recount with a stored row means the row should not exist."""
+    """Compare the recounted buckets with the stored ones: (buckets checked per table, the
+    corrections). A stored bucket that nothing recounts should hold zero."""
     checked = dict.fromkeys(ROLLUP_TABLES, 0)
     fixes: list[Correction] = []
-
-    def compare(table: str, key: tuple[Any, ...], stored: Any, expected: Any) -> None:
-        if stored is None and expected is None:
-            return
+    for key in sorted(set(expected) | set(stored), key=lambda k: (TABLE_OF[type(k)], k)):
+        want = _shown(key, expected.get(key) or empty(key))
+        have = stored.get(key)
+        if have is None and not any(want[:1]):
+            continue
+        table = TABLE_OF[type(key)]
         checked[table] += 1
-        if stored != expected:
-            fixes.append(Correction(table, key, stored, expected))
-
-    for b, t in recomputed.hours.items():
-        stored = recomputed.stored_hours.get((b.store_id, b.day), {}).get(b.hour)
-        compare("sales_by_store_hour", (b.store_id, b.day, b.hour), stored, t if t[0] else None)
-    day_keys = sorted(set(recomputed.days) | set(stored_days))
-    for key in day_keys:
-        t = recomputed.days.get(key)
-        compare("sales_by_region_day", key, stored_days.get(key), t if t and t[0] else None)
-    for key, (level, as_of) in recomputed.stock.items():
-        stored_row = stored_stock.get(key)
-        stored = None if stored_row is None else (stored_row[0], _naive(stored_row[1]))
-        expected = None if as_of is None else (level, _naive(as_of))
-        compare("stock_by_store", key, stored, expected)
+        got = None if have is None else _shown(key, have)
+        if got != want:
+            fixes.append(Correction(table, tuple(key), got, want))
     return checked, fixes
 
 
-def correction_writes(
-    fixes: Iterable[Correction], q: dict[str, PreparedStatement], timestamp: int
-) -> Statements:
-    writes: Statements = []
-    for c in fixes:
-        if c.table == "sales_by_store_hour":
-            if c.expected is None:
-                writes.append((q["delete_store_hour"], (timestamp, *c.key)))
-            else:
-                writes.append((q["write_store_hour"], (*c.key, *c.expected, timestamp)))
-        elif c.table == "sales_by_region_day":
-            if c.expected is None:
-                writes.append((q["delete_region_day"], (timestamp, *c.key)))
-            else:
-                writes.append((q["write_region_day"], (*c.key, *c.expected, timestamp)))
-        elif c.expected is not None:  # stock: a product with movements always has a level
-            writes.append((q["write_stock"], (*c.key, *c.expected, timestamp)))
-    return writes
+def corrected(expected: Bucket, stored: Bucket | None) -> Bucket:
+    """The row a correction writes: the recounted values, the stored watermark (the consumers
+    go on from where they were), one above the stored fence."""
+    fence = 0 if stored is None else stored.fence
+    watermark = {} if stored is None else dict(stored.watermark)
+    return Bucket(expected.value, watermark, fence + 1)
 
 
 @dataclass
@@ -282,7 +174,7 @@ class RollupReport:
     checked: dict[str, int]
     fixes: list[Correction]
     written: bool
-    unknown_region: list[tuple[str, date]] = field(default_factory=list)
+    unchecked_stock: list[tuple[str, str]] = field(default_factory=list)
 
     def corrected(self, table: str) -> int:
         return sum(1 for c in self.fixes if c.table == table)
@@ -299,10 +191,49 @@ class RollupReport:
                 }
                 for t in ROLLUP_TABLES
             },
+            "stock_not_checkable": [f"{s} {k}" for s, k in self.unchecked_stock[:EXAMPLES]],
         }
 
 
-def _run(session: Session, statements: Statements, timeout: float = 60) -> list[list[Any]]:
+# -- recounting from base rows -------------------------------------------------------------------
+
+
+def _order(row: Any) -> Order:
+    """An order as far as the rollups see it, from its orders_by_store_day row."""
+    return Order(
+        event_id="-",  # not in this table, and no bucket depends on it
+        order_id=row.order_id,
+        store_id=row.store_id,
+        region=row.region,
+        customer_id="cust-000000",
+        currency=row.currency,
+        lines=tuple(
+            LineItem(sku=li.sku, quantity=li.quantity, unit_price_cents=li.unit_price_cents)
+            for li in row.lines or ()
+        ),
+        total_cents=row.total_cents,
+        event_time=row.event_time.replace(tzinfo=UTC),
+    )
+
+
+def expected_stock(rows: Iterable[Any]) -> Stock | None:
+    """A product's stock from its movements since (at least) its latest count, as the latest
+    count plus the deltas after it (stock_level's definition): None when the rows hold no count
+    (the level then depends on older days)."""
+    moves = [(r.event_time, r.event_id, r.kind, r.quantity) for r in rows]
+    counts = [m for m in moves if m[2] == "absolute"]
+    if not counts:
+        return None
+    t, event_id, _, level = max(counts, key=lambda m: (m[0], m[1]))
+    total, as_of = stock_level(moves)
+    assert as_of is not None
+    return Stock(ms(t), event_id, level, total - level, ms(as_of))
+
+
+# -- I/O -----------------------------------------------------------------------------------------
+
+
+def _run(session: Session, statements: Sequence[tuple[Any, Sequence[object]]]) -> list[list[Any]]:
     """Execute concurrently and return every result's rows; the first failure raises (the
     driver's own error: Unavailable or a timeout means retry later)."""
     if not statements:
@@ -318,82 +249,109 @@ def repair_rollups(
     regions: Sequence[str],
     window: Window,
     *,
-    write: bool = True,
+    correct: bool = True,
     progress: Callable[[str], None] = log.info,
 ) -> RollupReport:
-    """Recompute every rollup bucket of ``window`` from the base rows, compare with the stored
-    rows and (if ``write``) overwrite the ones that differ. Read at the session's consistency:
+    """Recount every rollup bucket of ``window`` from the base rows, compare with the stored
+    rows and (if ``correct``) write the corrections. Read at the session's consistency:
     give it one that sees every acknowledged write (ALL, or QUORUM when every write is)."""
-    started = int(datetime.now(UTC).timestamp() * 1_000_000)
-    prepare = {**ROLLUP_QUERIES, **REPAIR_QUERIES, **CORRECTIONS}
-    q = {name: session.prepare(cql) for name, cql in prepare.items()}
+    q = {name: session.prepare(cql) for name, cql in REPAIR_QUERIES.items()}
+    whole = {t: session.prepare(rollup_read(t, whole_partition=True)) for t in ROLLUP_TABLES}
+    stock_read = session.prepare(rollup_read("stock_by_store"))
+    write = {t: session.prepare(rollup_write(t)) for t in ROLLUP_TABLES}
     days = set(window.days)
 
     def store_days(name: str) -> set[tuple[str, date]]:
         rows = session.execute(q[name].bind(()), timeout=120)
         return {(r.store_id, r.day.date()) for r in rows if r.day.date() in days}
 
-    order_days, hour_days = store_days("order_days"), store_days("hour_days")
-    inventory_days = store_days("inventory_days")
-    region_days = [(region, day) for region in regions for day in sorted(days)]
-    stored_days: dict[tuple[str, date, str], Totals] = {}
-    region_of: dict[tuple[str, date], str] = {}
-    for (region, day), rows in zip(
-        region_days, _run(session, [(q["region_day"], key) for key in region_days]), strict=True
-    ):
-        for r in rows:
-            stored_days[(region, day, r.store_id)] = (r.order_count, r.revenue_cents, r.currency)
-            region_of[(r.store_id, day)] = region
-    base_days = sorted(order_days)
-    for key, rows in zip(
-        base_days, _run(session, [(q["store_region"], k) for k in base_days]), strict=True
-    ):
-        if rows:
-            region_of[key] = rows[0].region
-    unknown = sorted(k for k in order_days | hour_days if k not in region_of)
-    for store_id, day in unknown:
-        progress(f"{store_id} {day}: hour rows but no orders and no region row; skipping its day")
-    hours = [
-        HourBucket(store_id, region_of[(store_id, day)], day, hour)
-        for store_id, day in sorted(order_days | hour_days)
-        if (store_id, day) in region_of
-        for hour in window.hours_of(day)
-    ]
-    inv = sorted(inventory_days)
-    moved = _run(
-        session,
-        [
-            (
-                q["moved_skus"],
-                (s, d, max(window.start, _midnight(d)), min(window.end, _midnight(d, 1))),
-            )
-            for s, d in inv
-        ],
-    )
-    skus = {(store_id, r.sku) for (store_id, _), rows in zip(inv, moved, strict=True) for r in rows}
-    plan = RollupPlan.of(hours, skus)
+    order_days = store_days("order_days") | store_days("hour_days") | store_days("product_days")
+    moved_days = store_days("inventory_days")
     progress(
         f"window {window.start:%Y-%m-%d %H:00} to {window.end:%Y-%m-%d %H:00} UTC: "
-        f"{len({(b.store_id, b.day) for b in plan.hours})} store-days, "
-        f"{len(plan.hours)} store-hours, {len(plan.skus)} products with movements"
+        f"{len(order_days)} store-days with sales, {len(moved_days)} with movements"
     )
-    recomputed = plan.recompute(_run(session, plan.reads(q)))
-    stores = sorted({store for store, _ in plan.skus})
-    stored_stock: dict[tuple[str, str], tuple[int, datetime | None]] = {}
-    for store, rows in zip(
-        stores, _run(session, [(q["store_stock"], (s,)) for s in stores]), strict=True
+
+    # Sales: the store days' orders, and every stored row of those days (and the regions' days).
+    keys = sorted(order_days)
+    orders = [
+        _order(r)
+        for rows in _run(session, [(q["store_day_orders"], k) for k in keys])
+        for r in rows
+    ]
+    expected = {k: b for k, b in sums_of(orders).items() if window.holds(k)}
+    stored: dict[BucketKey, Bucket] = {}
+    reads: list[tuple[str, tuple[Any, ...]]] = [
+        (t, k) for t in ("sales_by_store_hour", "product_sales_by_store_day") for k in keys
+    ]
+    reads += [("sales_by_region_day", (region, day)) for region in regions for day in sorted(days)]
+    for (table, prefix), rows in zip(
+        reads, _run(session, [(whole[t], k) for t, k in reads]), strict=True
     ):
         for r in rows:
-            if (store, r.sku) in skus:
-                stored_stock[(store, r.sku)] = (r.quantity, r.as_of)
-    checked, fixes = corrections(recomputed, stored_days, stored_stock)
+            key = KEY_OF[table](*prefix, r[0])
+            if window.holds(key):
+                stored[key] = bucket_from_row(table, r)
+
+    # Stock: the products moved in the window, from their latest count on.
+    moved: dict[str, set[str]] = defaultdict(set)
+    movements: dict[tuple[str, date], list[Any]] = {}
+    by_store = sorted(moved_days)
+    for key, rows in zip(
+        by_store, _run(session, [(q["store_day_movements"], k) for k in by_store]), strict=True
+    ):
+        movements[key] = rows
+        moved[key[0]].update(r.sku for r in rows)
+    stock_keys = [(s, sorted(skus)) for s, skus in sorted(moved.items())]
+    for (store, _), rows in zip(
+        stock_keys, _run(session, [(stock_read, k) for k in stock_keys]), strict=True
+    ):
+        for r in rows:
+            stored[StockKey(store, r[0])] = bucket_from_row("stock_by_store", r)
+    today = datetime.now(UTC).date()
+    unchecked: list[tuple[str, str]] = []
+    for store, skus in stock_keys:
+        oldest = min(d for s, d in moved_days if s == store)
+        for sku in skus:
+            have = stored.get(StockKey(store, sku))
+            anchor = have.value.count_time if have and isinstance(have.value, Stock) else None
+            if anchor is not None:
+                oldest = min(oldest, datetime.fromtimestamp(anchor / 1000, UTC).date())
+        oldest = max(oldest, today - timedelta(days=STOCK_LOOKBACK_DAYS))
+        missing = [(store, d) for d in _days(oldest, today) if (store, d) not in movements]
+        for key, rows in zip(
+            missing, _run(session, [(q["store_day_movements"], k) for k in missing]), strict=True
+        ):
+            movements[key] = rows
+        rows_of_store = [r for d in _days(oldest, today) for r in movements.get((store, d), [])]
+        for sku in skus:
+            level = expected_stock(r for r in rows_of_store if r.sku == sku)
+            if level is None:
+                unchecked.append((store, sku))
+                stored.pop(StockKey(store, sku), None)
+            else:
+                expected[StockKey(store, sku)] = Bucket(level)
+    if unchecked:
+        progress(
+            f"{len(unchecked)} products have no count in the last {STOCK_LOOKBACK_DAYS} days: "
+            "their stock cannot be checked from recent days (e.g. "
+            + ", ".join(f"{s} {k}" for s, k in unchecked[:EXAMPLES])
+            + ")"
+        )
+
+    checked, fixes = corrections(expected, stored)
     for c in fixes:
         progress(f"{c.table} {c.to_dict()['key']}: stored {c.stored}, expected {c.expected}")
-    if write and fixes:
-        _run(session, correction_writes(fixes, q, started))
+    if correct and fixes:
+        writes = []
+        for c in fixes:
+            key = KEY_OF[c.table](*c.key)
+            row = corrected(expected.get(key) or empty(key), stored.get(key))
+            writes.append((write[c.table], (*key, *row.values(), row.watermark, row.fence)))
+        _run(session, writes)
         progress(f"wrote {len(fixes)} corrections")
-    return RollupReport(window, checked, fixes, write, unknown)
+    return RollupReport(window, checked, fixes, correct, unchecked)
 
 
-def _midnight(day: date, plus_days: int = 0) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=plus_days)
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]

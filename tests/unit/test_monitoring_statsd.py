@@ -139,7 +139,7 @@ CONTRACT = [
             "retail_consumer_events_total",
             {"region": "us-east", "topic": "inventory", "outcome": outcome},
         )
-        for outcome in ("consumed", "written", "deadlettered", "skipped")
+        for outcome in ("consumed", "written", "deadlettered", "duplicate")
     ],
     (
         "retail.consumer.eu-west.errors.kafka:1|c",

@@ -1,33 +1,17 @@
-"""The audit's pure parts: which rows an event must have, who is responsible for a message,
+"""The audit's pure parts: what the consumers must do with a message, who is responsible for it,
 and the report a person reads."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
-from retail.events import InventoryMovement, LineItem, Order
-from retail.ops.audit import (
-    AuditReport,
-    Seen,
-    TopicAudit,
-    event_label,
-    insert_columns,
-    responsible_group,
-    row_keys,
-)
-from retail.rows import INSERTS
+from retail.events import InventoryMovement, LineItem, Order, encode
+from retail.kafka import Topics
+from retail.ops.audit import AuditReport, Seen, TopicAudit, event_label, judge, responsible_group
 
-# The primary keys of include/cql (the integration test reads them from the live schema).
-PRIMARY_KEYS = {
-    "orders": ("order_id",),
-    "orders_by_store_day": ("store_id", "day", "event_time", "order_id"),
-    "product_sales_by_region_day": ("region", "day", "sku", "order_id", "line_no"),
-    "inventory_by_store_day": ("store_id", "day", "event_time", "event_id"),
-    "inventory_by_store_sku": ("store_id", "sku", "event_time", "event_id"),
-}
 T = datetime(2025, 6, 2, 23, 59, 59, 123456, tzinfo=UTC)
-REGIONS = ["eu-west", "us-east", "ap-southeast"]
+TOPICS = Topics.named("p")
 
 ORDER = Order(
     event_id="e-1",
@@ -52,42 +36,26 @@ MOVE = InventoryMovement(
 )
 
 
-def test_every_insert_names_its_table_and_columns() -> None:
-    cols = insert_columns()
-    assert set(cols) == set(INSERTS)
-    assert cols["product_sales"][0] == "product_sales_by_region_day"
-    assert cols["orders"][1][:2] == ("order_id", "event_id")
+def test_a_message_is_judged_by_the_consumers_rules() -> None:
+    assert judge("p.eu-west.orders", "eu-west", encode(ORDER), TOPICS) == (ORDER, None)
+    assert judge("p.eu-west.orders", None, encode(ORDER), TOPICS) == (ORDER, None)
+    _, reason = judge("p.eu-west.orders", "us-east", encode(ORDER), TOPICS)
+    assert reason == "region header says 'us-east' but the event's region is 'eu-west'"
+    _, reason = judge("p.eu-west.orders", "eu-west", encode(MOVE), TOPICS)
+    assert reason == (
+        "an event of region eu-west on p.eu-west.orders; producers send it to p.eu-west.inventory"
+    )
+    _, reason = judge("p.unrouted", None, encode(ORDER), TOPICS)
+    assert reason is not None and "p.eu-west.orders" in reason
+    event, reason = judge("p.us-east.orders", None, b"{", TOPICS)
+    assert event is None and reason is not None and reason.startswith("not valid JSON")
 
 
-def test_an_order_must_have_its_row_by_id_by_store_day_and_one_per_line() -> None:
-    assert row_keys(ORDER, PRIMARY_KEYS) == [
-        ("orders", ("store-0001-00000007",)),
-        ("orders_by_store_day", ("store-0001", date(2025, 6, 2), T, "store-0001-00000007")),
-        (
-            "product_sales_by_region_day",
-            ("eu-west", date(2025, 6, 2), "SKU-000001", "store-0001-00000007", 0),
-        ),
-        (
-            "product_sales_by_region_day",
-            ("eu-west", date(2025, 6, 2), "SKU-000002", "store-0001-00000007", 1),
-        ),
-    ]
-
-
-def test_a_movement_must_have_its_rows_by_store_day_and_by_store_sku() -> None:
-    assert row_keys(MOVE, PRIMARY_KEYS) == [
-        ("inventory_by_store_day", ("store-0001", date(2025, 6, 2), T, "e-2")),
-        ("inventory_by_store_sku", ("store-0001", "SKU-000001", T, "e-2")),
-    ]
-
-
-def test_the_responsible_group_follows_the_consumers_routing() -> None:
-    valid = Seen("p.orders", 0, 1, "us-east", ORDER, None)
-    assert responsible_group(valid, "p", REGIONS) == "p-eu-west"  # the event's region writes
-    invalid = Seen("p.orders", 0, 2, "us-east", None, "bad")
-    assert responsible_group(invalid, "p", REGIONS) == "p-us-east"
-    headless = Seen("p.orders", 0, 3, None, None, "bad")
-    assert responsible_group(headless, "p", REGIONS) == "p-eu-west"  # the catch-all group
+def test_the_responsible_group_is_the_topics_region() -> None:
+    assert responsible_group(Seen("p.us-east.orders", 0, 1, None, "bad"), TOPICS) == "p-us-east"
+    assert responsible_group(Seen("p.eu-west.inventory", 0, 1, MOVE, None), TOPICS) == "p-eu-west"
+    # The unrouted topic is the catch-all's: the first region's group.
+    assert responsible_group(Seen("p.unrouted", 0, 3, None, "bad"), TOPICS) == "p-eu-west"
 
 
 def test_labels_name_what_a_person_searches_for() -> None:

@@ -39,8 +39,9 @@ def test_skew_is_max_over_mean_and_zero_when_idle() -> None:
 
 
 def test_platform_topics_keep_their_short_name_others_carry_their_prefix() -> None:
-    assert metric_topic("retail.orders") == "orders"
-    assert metric_topic("it1234.orders", "it1234") == "it1234_orders"
+    assert metric_topic("retail.eu-west.orders") == "eu-west_orders"
+    assert metric_topic("retail.deadletter") == "deadletter"
+    assert metric_topic("it1234.us-east.inventory", "it1234") == "it1234_us-east_inventory"
 
 
 def test_hottest_partition_and_its_share() -> None:
@@ -57,11 +58,11 @@ def test_key_shares_rank_the_sample() -> None:
 def _kafka(rates: list[float], hot_key: str = "store-0017") -> KafkaBalance:
     parts = [PartitionStats(p, 1000 + p, int(r * 300), r, leader=1) for p, r in enumerate(rates)]
     part, share = hottest({p.partition: p.rate for p in parts})
-    topic = TopicStats("retail.orders", parts, skew(rates), part, share, [(hot_key, 0.9)])
+    topic = TopicStats("retail.eu-west.orders", parts, skew(rates), part, share, [(hot_key, 0.9)])
     return KafkaBalance(
         300.0,
         [topic],
-        {"retail-eu-west": {"retail.orders": {0: 5, 3: 20_000}}},
+        {"retail-eu-west": {"retail.eu-west.orders": {0: 5, 3: 20_000}}},
         ["retail-us-east"],
         {1: 12},
     )
@@ -85,8 +86,8 @@ def _cassandra() -> CassandraBalance:
 def test_a_hot_partition_is_named_with_its_share_and_key() -> None:
     advice = recommendations(_kafka([1, 1, 1, 9, 1, 1]), None, skew_threshold=1.5)
     assert advice[0].startswith(
-        "partition 3 of retail.orders carries 64% of the traffic (skew 3.86, threshold 1.5); "
-        "hot key store-0017"
+        "partition 3 of retail.eu-west.orders carries 64% of the traffic "
+        "(skew 3.86, threshold 1.5); hot key store-0017"
     )
     assert any("retail-eu-west is 20005 messages behind" in a for a in advice)
     assert any("group retail-us-east has committed nothing" in a for a in advice)
@@ -127,17 +128,17 @@ def test_every_gauge_maps_to_a_labelled_prometheus_metric() -> None:
     sent = gauges(_kafka([1, 1, 1, 9, 1, 1]), _cassandra())
     got = {name: _mapped(f"retail.{name}", mappings) for name in sent}
     assert None not in got.values(), [n for n, v in got.items() if v is None]
-    assert got["balance.kafka.orders.skew"] == (
+    assert got["balance.kafka.eu-west_orders.skew"] == (
         "retail_balance_kafka_skew_ratio",
-        {"topic": "orders"},
+        {"topic": "eu-west_orders"},
     )
-    assert got["balance.kafka.orders.3.rate"] == (
+    assert got["balance.kafka.eu-west_orders.3.rate"] == (
         "retail_balance_kafka_partition_rate",
-        {"topic": "orders", "partition": "3"},
+        {"topic": "eu-west_orders", "partition": "3"},
     )
-    assert got["balance.kafka.retail-eu-west.orders.3.lag"] == (
+    assert got["balance.kafka.retail-eu-west.eu-west_orders.3.lag"] == (
         "retail_balance_kafka_consumer_lag",
-        {"group": "retail-eu-west", "topic": "orders", "partition": "3"},
+        {"group": "retail-eu-west", "topic": "eu-west_orders", "partition": "3"},
     )
     assert got["balance.kafka.broker.1.leaders"] == (
         "retail_balance_kafka_leaders",
@@ -160,7 +161,7 @@ def test_summary_and_xcom_form_are_readable_and_serialisable(tmp_path: Path) -> 
 
     kafka, cassandra = _kafka([1, 1, 1, 9, 1, 1]), _cassandra()
     lines = summary_lines(kafka, cassandra)
-    assert lines[0].startswith("retail.orders: 4200 messages in 300s over 6 partitions")
+    assert lines[0].startswith("retail.eu-west.orders: 4200 messages in 300s over 6 partitions")
     assert "eu-west-2 (eu-west, up): owns 50.0% of its DC, load 953.7 MiB, disk not visible" in (
         "\n".join(lines)
     )

@@ -26,7 +26,7 @@ def test_the_report_renders_every_section_a_user_asked_for() -> None:
                 ],
             )
         ],
-        top_products={"eu-west": [ProductSales("SKU-000042", 7, 2100)]},
+        top_products={"eu-west": [ProductSales("SKU-000042", 7, {"EUR": 2100})]},
         store_hours={
             "store-0001": [{"hour": 9, "orders": 2, "revenue_cents": 4500, "currency": "EUR"}]
         },

@@ -1,5 +1,6 @@
 """Events to rows: keys from ids (so replays overwrite), timestamps from event time (so replays
-change nothing and old events never win), and the rollup arithmetic."""
+change nothing and old events never win), what a superseded version deletes, and the stock
+arithmetic."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from retail.aggregates import HourKey, effects, resolve
 from retail.events import InventoryMovement, LineItem, Order
 from retail.rows import (
+    DELETES,
     INSERTS,
-    HourBucket,
-    hour_bucket,
+    Position,
+    event_from_row,
     rows_for,
     stock_level,
-    totals,
+    superseded_rows,
     write_timestamp,
 )
 
@@ -57,25 +60,17 @@ def movement(**kw: object) -> InventoryMovement:
     return InventoryMovement(**fields)  # type: ignore[arg-type]
 
 
-def test_an_order_writes_its_row_its_store_day_row_and_one_row_per_line() -> None:
-    writes = rows_for(order())
-    assert [name for name, _ in writes] == [
-        "orders",
-        "orders_by_store_day",
-        "product_sales",
-        "product_sales",
-    ]
+def test_an_order_writes_its_row_and_its_store_day_row_with_its_lines() -> None:
+    writes = rows_for(order(), "retail.eu-west.orders[3]@17")
+    assert [name for name, _ in writes] == ["orders", "orders_by_store_day"]
     orders = dict(writes)["orders"]
     assert orders[0] == "o-1"  # primary key = order id: a replay overwrites the same row
     assert orders[7] == 3  # item count
     assert orders[8] == [("SKU-000001", 2, 150), ("SKU-000002", 1, 999)]
+    assert orders[10] == "retail.eu-west.orders[3]@17"  # where it was read: replay or resend?
     by_day = dict(writes)["orders_by_store_day"]
     assert by_day[:4] == ("store-0001", date(2026, 3, 1), T, "o-1")
-    lines = [v for name, v in writes if name == "product_sales"]
-    assert [(v[2], v[3], v[4], v[5], v[6]) for v in lines] == [
-        ("SKU-000001", "o-1", 0, 2, 300),
-        ("SKU-000002", "o-1", 1, 1, 999),
-    ]
+    assert by_day[-2] == orders[8]  # the lines travel with the day: product sales recount
 
 
 def test_every_write_is_stamped_with_the_event_time_and_binds_every_marker() -> None:
@@ -91,32 +86,60 @@ def test_the_same_event_maps_to_the_same_rows_and_keys_follow_ids() -> None:
     assert dict(other)["orders"][0] == "o-2"
 
 
-def test_a_movement_writes_its_store_day_and_store_sku_rows() -> None:
-    writes = dict(rows_for(movement(kind="absolute", quantity=40, reason="count")))
-    assert writes["inventory_by_store_day"][:4] == ("store-0001", date(2026, 3, 1), T, "m-1")
-    assert writes["inventory_by_store_sku"][:6] == (
-        "store-0001",
-        "SKU-000001",
-        T,
+def test_a_movement_writes_its_identity_row_and_its_store_day_row() -> None:
+    writes = dict(rows_for(movement(kind="absolute", quantity=40, reason="count"), "t[0]@1"))
+    assert writes["inventory_movements"][:6] == (
         "m-1",
+        "store-0001",
+        "eu-west",
+        "SKU-000001",
         "absolute",
         40,
     )
+    assert writes["inventory_by_store_day"][:4] == ("store-0001", date(2026, 3, 1), T, "m-1")
 
 
-def test_an_orders_hour_bucket_is_its_utc_hour() -> None:
-    local = T.astimezone(ZoneInfo("Asia/Tokyo"))
-    b = hour_bucket(order(event_time=local))
-    assert b == HourBucket("store-0001", "eu-west", date(2026, 3, 1), 23)
-    assert (b.start, b.end) == (
-        T.replace(minute=0, second=0, microsecond=0),
-        T.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1),
+def test_a_later_version_deletes_the_rows_of_the_one_it_replaces_at_its_own_timestamp() -> None:
+    later = order(event_time=T + timedelta(hours=1))
+    ((table, values),) = superseded_rows(order(), later)
+    assert table == "orders_by_store_day"
+    assert values == (write_timestamp(later.event_time), "store-0001", date(2026, 3, 1), T, "o-1")
+    assert DELETES[table].count("?") == len(values)
+    ((table, values),) = superseded_rows(movement(), movement(event_time=T + timedelta(days=1)))
+    assert (table, values[1:]) == (
+        "inventory_by_store_day",
+        ("store-0001", date(2026, 3, 1), T, "m-1"),
     )
 
 
-def test_totals_add_counts_and_amounts() -> None:
-    assert totals([(1, 100, "EUR"), (2, 250, "EUR")]) == (3, 350, "EUR")
-    assert totals([]) == (0, 0, None)
+def test_an_orders_hour_is_its_utc_hour() -> None:
+    local = T.astimezone(ZoneInfo("Asia/Tokyo"))
+    (r,) = resolve([(Position("t", 0, 0), order(event_time=local))], {})
+    keys = [key for key, _ in effects(r)]
+    assert keys[0] == HourKey("store-0001", date(2026, 3, 1), 23)
+
+
+def test_a_stored_version_reads_back_as_the_event_it_was() -> None:
+    class Line:
+        def __init__(self, sku: str, quantity: int, unit_price_cents: int) -> None:
+            self.sku, self.quantity, self.unit_price_cents = sku, quantity, unit_price_cents
+
+    class Row:
+        pass
+
+    o = order()
+    row = Row()
+    values = dict(rows_for(o, "t[1]@2"))["orders"]
+    names = ("order_id", "event_id", "store_id", "region", "customer_id", "currency")
+    for name, value in zip(names, values, strict=False):
+        setattr(row, name, value)
+    row.total_cents, row.lines, row.source = (
+        o.total_cents,
+        [Line(*li) for li in values[8]],
+        "t[1]@2",
+    )
+    row.event_time = T.replace(tzinfo=None)  # the driver reads timestamps as naive UTC
+    assert event_from_row("orders", row) == (o, "t[1]@2")
 
 
 def t(minutes: int) -> datetime:

@@ -19,7 +19,9 @@ from retail.ops.balance import metric_topic
 from retail_airflow.hooks import RetailCassandraHook, RetailKafkaHook, RetailStatsdHook
 from retail_airflow.operators.balance import PREFIX_PATTERN
 
-AUDITED_TOPICS = ("orders", "inventory")  # short names; the dead letters are read for both
+# Kinds of event topics; every region's topic of each kind is audited, with the unrouted topic
+# and the dead letters of them all.
+AUDITED_TOPICS = ("orders", "inventory")
 WINDOW_MINUTES = (1, 1440)
 SETTLE_MINUTES = (0, 60)
 
@@ -77,10 +79,11 @@ class PipelineAuditOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         prefix, window, settle, short = self._validate()
         hook = RetailCassandraHook(self.cassandra_conn_id)
-        regions = [dc.name for dc in hook.topology().datacenters]
         bootstrap = RetailKafkaHook(self.kafka_conn_id).bootstrap_servers
         topics = Topics.named(prefix)
-        audited = [getattr(topics, s) for s in short]
+        # Every region's topics of the chosen kinds, and the unrouted topic (all dead letters).
+        audited = [topics.topic(r, kind) for r in topics.regions for kind in short]
+        audited.append(topics.unrouted)
         # The window ends settle_minutes ago: by then the consumers have committed what it
         # holds, and consecutive hourly runs cover the stream without a gap.
         end_ms = int(time.time() * 1000) - settle * 60_000
@@ -115,11 +118,9 @@ class PipelineAuditOperator(BaseOperator):
                     bootstrap=bootstrap,
                     topics=topics,
                     audited=audited,
-                    regions=regions,
                     sessions=session,
                     start_ms=start_ms,
                     end_ms=end_ms,
-                    prefix=prefix,
                 )
             except audit.AuditError as exc:
                 if "does not exist" in str(exc):

@@ -68,7 +68,7 @@ class BalanceCheckOperator(BaseOperator):
         topology = cassandra_hook.topology()
         bootstrap = RetailKafkaHook(self.kafka_conn_id).bootstrap_servers
         topics = Topics.named(prefix)
-        names = [*topics.events, topics.deadletter]
+        names = topics.all
         groups = [f"{prefix}-{dc.name}" for dc in topology.datacenters]
         self.log.info(
             "Kafka %s: topics %s, groups %s, window %.0fs", bootstrap, names, groups, window
