@@ -50,13 +50,13 @@ with DAG(
             description="Rates are measured over this many recent seconds (the schedule: 300).",
         ),
         "skew_threshold": Param(
-            4.0,
+            8.0,
             type="number",
             minimum=1.0,
             maximum=100.0,
             description="A topic whose busiest partition exceeds this many times the mean rate "
-            "gets a recommendation (the KafkaPartitionSkew alert uses 4: the stream's few popular "
-            "stores alone give about 3 on 12 partitions).",
+            "gets a recommendation (the KafkaPartitionSkew alert uses 8: on a region's topic its "
+            "few popular stores alone give 4 to 7 on 12 partitions).",
         ),
         "topic_prefix": Param(
             "retail",

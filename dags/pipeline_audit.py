@@ -5,11 +5,15 @@ Every hour, reconciles Kafka with Cassandra for a window of `window_minutes` tha
 `settle_minutes` ago (time for the consumers to commit it; hourly runs then cover the stream
 without gaps), and **fails loudly on any loss**:
 
-- every message of the chosen topics whose timestamp is in the window is read back and decoded;
-- a valid event must have every base row it writes (orders by order id, by store and day,
-  product sales; inventory movements by store and day and by store and SKU), looked up in its
-  own region's DC at `LOCAL_QUORUM`, the quorum its consumer wrote at;
-- an invalid message must be in the dead-letter topic (found by its `origin.*` headers);
+- every message of the chosen kinds of topics (every region's `<prefix>.<region>.orders` ...,
+  and `<prefix>.unrouted`) whose timestamp is in the window is read back and decoded;
+- a valid event must be stored: its id's table (`orders`, `inventory_movements`) holds this
+  version or a later one (a resend replaces an earlier version), and for this version its row
+  by store and day exists; looked up in its own region's DC at `LOCAL_QUORUM`, the quorum its
+  consumer wrote at;
+- a message the consumers must refuse (invalid, a region header or topic that disagrees with
+  the body, unrouted, an id moved to another store) must be in the dead-letter topic (found by
+  its `origin.*` headers);
 - a message the responsible regional group (`<prefix>-<region>`) has not committed yet is
   reported as *pending*, not lost (consumer lag has its own gauge and alert).
 
@@ -60,14 +64,15 @@ with DAG(
             items={"type": "string", "enum": list(AUDITED_TOPICS)},
             minItems=1,
             uniqueItems=True,
-            description="Event topics to audit; their dead letters are always checked.",
+            description="Kinds of event topics to audit (every region's, and the unrouted "
+            "topic); their dead letters are always checked.",
         ),
         "topic_prefix": Param(
             "retail",
             type="string",
             pattern=PREFIX_PATTERN,
-            description="Audit PREFIX.orders ... and the groups PREFIX-<region>; 'retail' is "
-            "the platform.",
+            description="Audit PREFIX.<region>.orders ... and the groups PREFIX-<region>; "
+            "'retail' is the platform.",
         ),
     },
 ) as dag:

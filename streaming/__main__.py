@@ -99,6 +99,9 @@ def main(
     group: Annotated[
         str | None, typer.Option(help="Consumer group (default retail-REGION).")
     ] = None,
+    drain_timeout: Annotated[
+        float, typer.Option(help="On SIGTERM, seconds to keep retrying what is polled.")
+    ] = 60.0,
     latency_log: Annotated[
         Path | None,
         typer.Option(help="Append every event's end-to-end latency (ms) here (benchmarks)."),
@@ -168,7 +171,12 @@ def main(
     sink = CassandraSink(
         session, metrics, local_dc=dc.name, concurrency=in_flight, batch_rows=batch_rows
     )
-    cfg = ConsumerConfig(region=region, batch_size=batch_size, latency_log=latency_log)
+    cfg = ConsumerConfig(
+        region=region,
+        batch_size=batch_size,
+        drain_timeout=drain_timeout,
+        latency_log=latency_log,
+    )
     worker = RegionalConsumer(cfg, consumer, producer, sink, metrics, topics)
     log.info(
         "consumer %s for region %s: topics %s, DC %s at %s, Kafka %s",

@@ -26,7 +26,13 @@ from typing import Any
 from cassandra import InvalidRequest, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
+from cassandra.query import (
+    BatchStatement,
+    BatchType,
+    BoundStatement,
+    PreparedStatement,
+    Statement,
+)
 
 from retail.aggregates import (
     KEY_OF,
@@ -163,9 +169,9 @@ class CassandraSink:
         tables = []
         for table, values in by_table.items():
             for chunk in self._by_replica(values):
-                bound = self.identity[table].bind((chunk,))
-                bound.routing_key = chunk[0].encode()
-                statements.append((bound, ()))
+                # Routed to a replica of the first id (the group's replicas hold them all).
+                bound = BoundStatement(self.identity[table], routing_key=chunk[0].encode())
+                statements.append((bound.bind((chunk,)), ()))
                 tables.append(table)
         out: dict[tuple[str, str], tuple[Event, str | None]] = {}
         for table, rows in zip(tables, self._run(statements, "identity read"), strict=True):

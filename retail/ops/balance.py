@@ -376,7 +376,7 @@ def recommendations(
     kafka: KafkaBalance | None,
     cassandra: CassandraBalance | None,
     *,
-    skew_threshold: float = 4.0,
+    skew_threshold: float = 8.0,
     lag_threshold: int = 10_000,
     disk_free_min: float = 0.2,
 ) -> list[str]:

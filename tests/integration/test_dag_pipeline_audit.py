@@ -40,7 +40,7 @@ def consumed(
         )
         events = list(gen.events(N))
         run.produce(events)
-        bad = Record(run.topics.orders, b"store-0002", b'{"type": "order"}', "us-east")
+        bad = Record(run.topics.orders("us-east"), b"store-0002", b'{"type": "order"}', "us-east")
         run.produce_records([bad])
         run.wait_consumed(timeout=120)
         yield run, session, events
@@ -78,14 +78,18 @@ def test_every_event_written_audits_clean(
     dag_run, _ = audit(run, capfd)
     assert str(dag_run.state) == "success", task_states(dag_run)
     result = xcom(dag_run, "audit_window")
-    orders = result["topics"][run.topics.orders]
-    inventory = result["topics"][run.topics.inventory]
+    topics = result["topics"]
+
+    def total(kind: str, what: str) -> int:
+        return sum(topics[run.topics.topic(r, kind)][what] for r in run.regions)
+
     n_orders = sum(isinstance(e, Order) for e in events)
-    assert orders["events"] == n_orders
-    assert inventory["events"] == N - n_orders
-    assert (orders["invalid"], orders["deadlettered"]) == (1, 1)
+    assert total("orders", "events") == n_orders
+    assert total("inventory", "events") == N - n_orders
+    us_orders = topics[run.topics.orders("us-east")]
+    assert (us_orders["invalid"], us_orders["deadlettered"]) == (1, 1)
     assert result["missing"] == 0
-    assert orders["pending"] == inventory["pending"] == 0
+    assert total("orders", "pending") == total("inventory", "pending") == 0
 
 
 def test_a_row_deleted_on_purpose_fails_the_audit_and_names_the_event(
@@ -109,12 +113,12 @@ def test_a_row_deleted_on_purpose_fails_the_audit_and_names_the_event(
     assert f"order {victim.order_id}" in told
     assert "no row in orders_by_store_day" in told
     report = report_of(dag_run)
-    orders = report["topics"][run.topics.orders]
+    orders = report["topics"][run.topics.orders("ap-southeast")]
     assert orders["missing"] == 1
-    assert report["topics"][run.topics.inventory]["missing"] == 0
+    assert report["missing"] == 1
     assert victim.order_id in orders["missing_examples"][0]
     # The gauge reaches Prometheus through the statsd_exporter mapping.
-    label = f"{run.prefix}_orders"
+    label = f"{run.prefix}_ap-southeast_orders"
     query = f'retail_audit_missing_rows{{topic="{label}"}}'
     # (the clean run set it to 0 before)
     prom.wait_for(run.topology, query, lambda r: prom.value(r) == 1.0, timeout=45)

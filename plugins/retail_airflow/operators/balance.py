@@ -32,7 +32,7 @@ class BalanceCheckOperator(BaseOperator):
         *,
         topic_prefix: str = balance.DEFAULT_PREFIX,
         window_seconds: float | str = 300,
-        skew_threshold: float | str = 4.0,
+        skew_threshold: float | str = 8.0,
         cassandra_conn_id: str = CASSANDRA_CONN_ID,
         kafka_conn_id: str = KAFKA_CONN_ID,
         statsd_conn_id: str = STATSD_CONN_ID,
