@@ -33,6 +33,7 @@ written. Everything here compares times at Cassandra's millisecond precision.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -529,6 +530,23 @@ class Applied:
     rows: int = 0
     buckets: int = 0
     late_counts: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, for the logs
+
+    def timed(self, step: str, started: float) -> None:
+        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
+
+    @classmethod
+    def merge(cls, parts: Sequence[Applied]) -> Applied:
+        """Parts of one batch applied side by side: their messages, their counts, and for each
+        step the longest part's time."""
+        out = cls([r for p in parts for r in p.resolved])
+        for p in parts:
+            out.rows += p.rows
+            out.buckets += p.buckets
+            out.late_counts += p.late_counts
+            for step, seconds in p.seconds.items():
+                out.seconds[step] = max(out.seconds.get(step, 0.0), seconds)
+        return out
 
     @property
     def conflicts(self) -> list[Resolved]:
@@ -540,11 +558,16 @@ def apply_batch(store: Store, batch: Sequence[tuple[Position, Event]]) -> Applie
     anywhere (see the module docstring): read the ids' stored versions, then the buckets; fold;
     write the buckets, then the deletes of superseded rows, then the base rows. A late count
     splits the batch: the part before it is written first, then its movements are read."""
+    t = time.perf_counter()
     resolved = resolve(batch, store.read_versions({identity(e) for _, e in batch}))
-    fold = Fold(resolved, store.read_buckets(bucket_keys(resolved)))
     applied = Applied(resolved)
+    applied.timed("ids", t)
+    t = time.perf_counter()
+    fold = Fold(resolved, store.read_buckets(bucket_keys(resolved)))
+    applied.timed("buckets", t)
     start = 0
     while True:
+        t = time.perf_counter()
         late = fold.run()
         end = len(resolved) if late is None else late.index
         part = resolved[start:end]
@@ -557,8 +580,11 @@ def apply_batch(store: Store, batch: Sequence[tuple[Position, Event]]) -> Applie
         superseded = deletes(part)
         if superseded:
             store.write_deletes(superseded)
+        applied.timed("rollups", t)
+        t = time.perf_counter()
         rows = base_rows(part)
         store.write_rows(rows)
+        applied.timed("rows", t)
         applied.rows += len(rows)
         applied.buckets += len(changed)
         if late is None:

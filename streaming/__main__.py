@@ -33,7 +33,7 @@ from retail.metrics import StatsdMetrics
 from retail.rows import KEYSPACE, TABLES
 from retail.settings import get_settings
 from retail.topology import Topology, current_topology
-from streaming.consumer import ConsumerConfig, ConsumerStopped, RegionalConsumer
+from streaming.consumer import ConsumerConfig, ConsumerStopped, RegionalConsumer, on_commit
 from streaming.sink import CassandraSink
 
 log = logging.getLogger("streaming")
@@ -93,6 +93,10 @@ def main(
     consistency: Annotated[str, typer.Option(help="Write consistency level.")] = "LOCAL_QUORUM",
     batch_size: Annotated[int, typer.Option(help="Messages per batch at most.")] = 2000,
     in_flight: Annotated[int, typer.Option(help="Concurrent Cassandra requests at most.")] = 128,
+    parallelism: Annotated[
+        int,
+        typer.Option(help="Groups of partitions written side by side (their round trips overlap)."),
+    ] = 3,
     batch_rows: Annotated[
         int, typer.Option(help="Rows of one partition per unlogged batch (1 = no batches).")
     ] = 32,
@@ -156,6 +160,7 @@ def main(
             "fetch.wait.max.ms": 20,
             # Bounds what librdkafka prefetches: the consumer's memory stays small under a backlog.
             "queued.max.messages.kbytes": 16384,
+            "on_commit": on_commit,
             "logger": logging.getLogger("streaming.kafka"),
         }
     )
@@ -169,7 +174,12 @@ def main(
         }
     )
     sink = CassandraSink(
-        session, metrics, local_dc=dc.name, concurrency=in_flight, batch_rows=batch_rows
+        session,
+        metrics,
+        local_dc=dc.name,
+        concurrency=in_flight,
+        batch_rows=batch_rows,
+        parallelism=parallelism,
     )
     cfg = ConsumerConfig(
         region=region,

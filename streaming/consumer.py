@@ -70,6 +70,10 @@ class ConsumerConfig:
     revoke_timeout: float = 20.0  # how long a revoke waits for the batch in flight
     dead_letter_timeout: float = 30.0
     max_sink_errors: int = 5  # non-retriable write failures in a row before stopping
+    # Written offsets are committed at most this often (and at once when idle, on a revoke and
+    # on stop): the commit is off the write path, and a crash replays at most this much, which
+    # the writes make harmless.
+    commit_interval: float = 0.5
     lag_interval: float = 5.0
     latency_log: Path | None = None  # every event's end-to-end latency, for benchmarks
 
@@ -87,6 +91,9 @@ class Batch:
     dead_done: list[Position] = field(default_factory=list)
     next_offsets: dict[TP, int] = field(default_factory=dict)  # the commit point per partition
     polled: int = 0
+    first_polled: float = 0.0  # monotonic time of its first message
+    # Milliseconds its oldest message waited in Kafka (its producer's timestamp to polled).
+    kafka_ms: float = 0.0
 
     def __bool__(self) -> bool:
         return bool(self.next_offsets)
@@ -94,6 +101,10 @@ class Batch:
     def mark(self, msg: Message) -> None:
         key = (msg.topic(), msg.partition())
         self.next_offsets[key] = max(self.next_offsets.get(key, 0), msg.offset() + 1)
+        if not self.polled:
+            self.first_polled = time.monotonic()
+            _, ts = msg.timestamp()
+            self.kafka_ms = max(0.0, time.time() * 1000 - ts) if ts > 0 else 0.0
         self.polled += 1
 
     def extend(self, later: Batch) -> None:
@@ -148,6 +159,8 @@ class RegionalConsumer:
         self.fatal: ConsumerStopped | None = None
         self.paused = False
         self.lost: set[TP] = set()  # partitions lost or revoked mid-write: not committed
+        self.written: dict[TP, int] = {}  # written, not committed yet: the next commit point
+        self._last_commit = 0.0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"writer-{config.region}")
         self._last_lag = 0.0
         self.m = f"consumer.{config.region}"
@@ -318,20 +331,28 @@ class RegionalConsumer:
         if self.inflight is None and self.pending and time.monotonic() >= self.backoff_until:
             self._submit()
         room = self.cfg.batch_size - self.pending.polled
-        if room <= 0 and self.inflight is not None:
-            # The next batch is full: wait for the one in flight instead of polling more.
-            wait([self.inflight.future], timeout=self.cfg.poll_timeout)
+        if self.written and (
+            self.inflight is None
+            or time.monotonic() - self._last_commit >= self.cfg.commit_interval
+        ):
+            self._commit()
+        if self.inflight is None:
+            self._poll(max(room, 1), self.cfg.poll_timeout)
         else:
-            self._poll(max(room, 1))
+            # A batch is being written: take what Kafka has fetched meanwhile (the next batch),
+            # and otherwise wait for the write, briefly, so that its commit and the next batch
+            # follow it at once.
+            if room <= 0 or not self._poll(room, 0):
+                wait([self.inflight.future], timeout=0.005)
         self._report_lag()
 
-    def _poll(self, room: int) -> None:
-        """Poll up to ``room`` messages into the pending batch, returning as soon as any is
-        there. Every message polled is kept: even one from a partition that arrived unpaused
-        during a backoff."""
+    def _poll(self, room: int, timeout: float) -> int:
+        """Poll up to ``room`` messages into the pending batch, waiting at most ``timeout`` for
+        the first; returns how many came. Every message polled is kept: even one from a
+        partition that arrived unpaused during a backoff."""
         msgs = self.consumer.consume(num_messages=room, timeout=0)
-        if not msgs:
-            first = self.consumer.poll(self.cfg.poll_timeout)
+        if not msgs and timeout > 0:
+            first = self.consumer.poll(timeout)
             msgs = [] if first is None else [first]
             if msgs and room > 1:
                 msgs += self.consumer.consume(num_messages=room - 1, timeout=0)
@@ -341,6 +362,7 @@ class RegionalConsumer:
                 log.warning("Kafka error: %s", msg.error())
                 continue
             self.route(msg, self.pending)
+        return len(msgs)
 
     def _submit(self) -> None:
         batch, self.pending = self.pending, Batch()
@@ -355,8 +377,21 @@ class RegionalConsumer:
         except (SinkBackpressureError, KafkaException, SinkError) as exc:
             self._retry_later(inflight.batch, exc)
             return
-        self._commit(inflight.batch)
-        self._count(inflight.batch, applied, time.perf_counter() - inflight.started)
+        for tp, offset in inflight.batch.next_offsets.items():
+            if tp not in self.lost:
+                self.written[tp] = max(self.written.get(tp, 0), offset)
+        seconds = time.perf_counter() - inflight.started
+        self._count(inflight.batch, applied, seconds)
+        batch = inflight.batch
+        log.debug(
+            "batch of %d messages: %.0f ms in Kafka, %.0f ms polled before written, "
+            "written in %.0f ms (%s)",
+            batch.polled,
+            batch.kafka_ms,
+            (time.monotonic() - batch.first_polled) * 1000 - seconds * 1000,
+            seconds * 1000,
+            ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in applied.seconds.items()),
+        )
         if self.paused:
             log.info("writes succeed again; resuming every partition")
             self._set_paused(False)
@@ -393,16 +428,16 @@ class RegionalConsumer:
         self.delay = min(self.delay * 2, self.cfg.backoff_max)
         self._report_lag(force=True)  # lag grows while we wait: show it
 
-    def _commit(self, batch: Batch) -> None:
-        offsets = [
-            TopicPartition(t, p, o)
-            for (t, p), o in batch.next_offsets.items()
-            if (t, p) not in self.lost
-        ]
+    def _commit(self, *, sync: bool = False) -> None:
+        """Commit what is written: asynchronously on the way (a failure is logged by
+        :func:`on_commit`), and waiting for the broker on a revoke and on stop."""
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.written.items()]
+        self.written = {}
+        self._last_commit = time.monotonic()
         if not offsets:
             return
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=not sync)
         except KafkaException as exc:
             # Written but not committed (the partitions moved): the next owner writes it again,
             # which changes nothing.
@@ -430,6 +465,7 @@ class RegionalConsumer:
                 return False
             time.sleep(max(0.0, self.backoff_until - time.monotonic()))
             self._submit()
+        self._commit(sync=True)
         return self.fatal is None
 
     # -- rebalances -----------------------------------------------------------------------------
@@ -461,6 +497,7 @@ class RegionalConsumer:
                 )
                 self.lost |= revoked
         self.pending.drop(revoked)
+        self._commit(sync=True)  # while they are still ours
         log.info("partitions revoked: %s", sorted(revoked))
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -469,6 +506,8 @@ class RegionalConsumer:
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self.lost |= lost
         self.pending.drop(lost)
+        for tp in lost:
+            self.written.pop(tp, None)
         log.warning("partitions lost (session timed out): %s", sorted(lost))
 
     # -- metrics --------------------------------------------------------------------------------
@@ -527,6 +566,14 @@ class RegionalConsumer:
                 self.metrics.gauge(
                     f"{self.m}.{Topics.short(tp.topic)}.{tp.partition}.lag", high - tp.offset
                 )
+
+
+def on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    """The consumer's commit callback: a failed commit is harmless (the next owner redoes the
+    batch, which changes nothing) but worth a line."""
+    failed = [tp for tp in partitions if tp.error is not None]
+    if err is not None or failed:
+        log.warning("commit failed (%s); the next owner redoes it", err or failed[0].error)
 
 
 def _too_large(err: object) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from confluent_kafka import Consumer
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from retail import migrations
 from retail.cassandra import connect
@@ -209,14 +209,14 @@ def test_a_message_whose_header_lies_is_dead_lettered(run: PipelineRun) -> None:
     run.assert_exact([o for o in orders if o is not victim], moves)
 
 
-def _set_dead_letter_limit(run: PipelineRun, max_bytes: int | None) -> None:
+def _set_dead_letter_limit(run: PipelineRun, max_bytes: int) -> None:
+    """The largest message the dead-letter topic takes (the broker refuses bigger ones)."""
     admin = AdminClient({"bootstrap.servers": run.topology.bootstrap_servers})
-    resource = ConfigResource("topic", run.topics.deadletter)
-    if max_bytes is None:
-        resource.set_config("max.message.bytes", "1048588")
-    else:
-        resource.set_config("max.message.bytes", str(max_bytes))
-    for future in admin.alter_configs([resource]).values():
+    entry = ConfigEntry(
+        "max.message.bytes", str(max_bytes), incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource("topic", run.topics.deadletter, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
 
 
