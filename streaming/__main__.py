@@ -155,9 +155,10 @@ def main(
             # full next batch waits for the flush in flight (seconds, bounded by the driver's
             # request timeout), far inside this.
             "max.poll.interval.ms": 300000,
-            # The broker answers a fetch at once when there is data, and waits at most 20 ms
-            # when there is none (the default 500 ms would be the pipeline's latency floor).
-            "fetch.wait.max.ms": 20,
+            # The broker answers a fetch as soon as it has data (fetch.min.bytes 1), so this
+            # only bounds an empty fetch's wait: long, to spare the broker empty round trips
+            # (measured: no change in end-to-end latency from 20 ms to 500 ms).
+            "fetch.wait.max.ms": 500,
             # Bounds what librdkafka prefetches: the consumer's memory stays small under a backlog.
             "queued.max.messages.kbytes": 16384,
             "on_commit": on_commit,
