@@ -14,8 +14,9 @@ Every five minutes, how evenly the platform carries its load:
   visible; watch it with the host's own disk metrics).
 
 The gauges go to StatsD (`retail_balance_*` in Prometheus, labelled by topic, partition, group,
-DC and node), and a summary with **recommendations** (for example *partition 3 of retail.eu-west.orders
-carries 41% of the traffic; hot key store-0017*) goes to the task log and XCom.
+DC and node), and a summary with **recommendations** (for example *partition 3 of
+retail.eu-west.orders carries 41% of the traffic; hot key store-0017*) goes to the task log and
+XCom.
 
 `topic_prefix` checks topics under another prefix (staging, tests); their metric label is
 `<prefix>_<topic>`, so they never mix with the platform's.
