@@ -163,6 +163,7 @@ CONTRACT = [
         {"region": "ap-southeast"},
     ),
     ("retail.sink.errors.WriteTimeout:1|c", "retail_sink_errors_total", {"kind": "WriteTimeout"}),
+    ("retail.sink.concurrent_writer:1|c", "retail_sink_concurrent_writer_total", {}),
     # balance: Kafka
     (
         "retail.balance.kafka.orders.7.rate:12.5|g",
