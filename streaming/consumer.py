@@ -328,8 +328,14 @@ class RegionalConsumer:
             raise self.fatal
         if self.inflight and self.inflight.future.done():
             self._finish(self.inflight)
-        if self.inflight is None and self.pending and time.monotonic() >= self.backoff_until:
-            self._submit()
+        if self.inflight is None and time.monotonic() >= self.backoff_until:
+            if self.pending:
+                self._submit()  # the first batch, the next one, or a retry after a backoff
+            elif self.paused:
+                # The backoff is over and nothing is left to retry (a rebalance took the
+                # batch's partitions): fetch again; a write that still fails pauses again.
+                log.info("backoff over with nothing to retry; resuming every partition")
+                self._set_paused(False)
         room = self.cfg.batch_size - self.pending.polled
         if self.written and (
             self.inflight is None
