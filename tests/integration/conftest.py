@@ -18,6 +18,7 @@ import pytest
 from retail.topology import Topology, profile_topology
 from stack.local import LocalStack
 from stack.status import collect
+from tests.integration.pipeline import PipelineRun
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,27 @@ def _check_server_logs(offsets: dict[Path, int]) -> None:
             if is_error and not any(p.search(line) for p in EXPECTED_ERRORS):
                 unexpected.append(f"{path}: {line[:300]}")
     assert not unexpected, "unexpected ERROR lines in server logs:\n" + "\n".join(unexpected[:20])
+
+
+@pytest.fixture(scope="module")
+def schema(topology: Topology) -> Iterator[object]:
+    """A session on the first DC, the schema migrated."""
+    from retail import migrations
+    from retail.cassandra import connect
+
+    cluster, session = connect(topology, topology.datacenters[0].name)
+    migrations.migrate(cluster, session, topology)
+    yield session
+    cluster.shutdown()
+
+
+@pytest.fixture
+def run(schema: object, topology: Topology, tmp_path: Path) -> Iterator[PipelineRun]:
+    """A pipeline run of its own (topics, groups, consumers) on empty tables."""
+    r = PipelineRun(topology, schema, tmp_path)  # type: ignore[arg-type]
+    r.truncate()
+    yield r
+    r.stop_consumers()
 
 
 @pytest.fixture

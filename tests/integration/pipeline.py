@@ -8,6 +8,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cassandra import OperationTimedOut
@@ -16,6 +17,7 @@ from confluent_kafka import Consumer
 
 from retail.cassandra import connect
 from retail.events import Event, InventoryMovement, Order
+from retail.generator import StreamGenerator
 from retail.kafka import Topics, ensure_topics, group_lag, group_name, region_lag
 from retail.producer import EventProducer, Record, records_from_events
 from retail.rows import TABLES, stock_level
@@ -189,6 +191,22 @@ class PipelineRun:
 
     def rollups(self) -> dict[str, dict[tuple, tuple]]:
         return stored_rollups(self.session)
+
+
+def stream(n: int, seed: int) -> tuple[list[Event], list[Order], list[InventoryMovement]]:
+    """``n`` events of a seeded stream whose times end about now (realistic for every check and
+    the end-to-end metric): all of them, the orders, the movements."""
+    gen = StreamGenerator(
+        seed=seed,
+        start=datetime.now(UTC) - timedelta(minutes=10),
+        events_per_second=max(n / 300, 1),
+    )
+    events = list(gen.events(n))
+    return (
+        events,
+        [e for e in events if isinstance(e, Order)],
+        [e for e in events if isinstance(e, InventoryMovement)],
+    )
 
 
 def stored_rollups(s: Session) -> dict[str, dict[tuple, tuple]]:

@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from cassandra.query import BatchStatement
 
-from retail import migrations
-from retail.cassandra import connect
-from retail.events import InventoryMovement, Order, encode
+from retail.events import encode
 from retail.generator import StreamGenerator
 from retail.producer import records_from_jsonl
 from retail.rows import INSERTS, rows_for
@@ -23,39 +19,7 @@ from retail.topology import Topology
 from stack.local import LocalStack
 from streaming.sink import partition_batches
 from tests.integration import prom
-from tests.integration.pipeline import PipelineRun
-
-
-@pytest.fixture(scope="module")
-def schema(topology: Topology) -> Iterator[object]:
-    cluster, session = connect(topology, topology.datacenters[0].name)
-    migrations.migrate(cluster, session, topology)
-    yield session
-    cluster.shutdown()
-
-
-@pytest.fixture
-def run(schema: object, topology: Topology, tmp_path: Path) -> Iterator[PipelineRun]:
-    r = PipelineRun(topology, schema, tmp_path)  # type: ignore[arg-type]
-    r.truncate()
-    yield r
-    r.stop_consumers()
-
-
-def stream(n: int, seed: int) -> tuple[list, list[Order], list[InventoryMovement]]:
-    # Event times end about now, so they are realistic for every check (and the e2e metric).
-    gen = StreamGenerator(
-        seed=seed,
-        start=datetime.now(UTC) - timedelta(minutes=10),
-        events_per_second=max(n / 300, 1),
-    )
-    events = list(gen.events(n))
-    return (
-        events,
-        [e for e in events if isinstance(e, Order)],
-        [e for e in events if isinstance(e, InventoryMovement)],
-    )
-
+from tests.integration.pipeline import PipelineRun, stream
 
 N = 10_000
 

@@ -9,54 +9,18 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, timedelta
 
 import msgspec
-import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from retail import migrations
-from retail.cassandra import connect
-from retail.events import InventoryMovement, Order, encode
-from retail.generator import StreamGenerator
+from retail.events import encode
 from retail.producer import Record
 from retail.topology import Topology
 from stack.local import LocalStack
 from stack.process import ManagedProcess
-from tests.integration.pipeline import PipelineRun
-
-
-@pytest.fixture(scope="module")
-def schema(topology: Topology) -> Iterator[object]:
-    cluster, session = connect(topology, topology.datacenters[0].name)
-    migrations.migrate(cluster, session, topology)
-    yield session
-    cluster.shutdown()
-
-
-@pytest.fixture
-def run(schema: object, topology: Topology, tmp_path: Path) -> Iterator[PipelineRun]:
-    r = PipelineRun(topology, schema, tmp_path)  # type: ignore[arg-type]
-    r.truncate()
-    yield r
-    r.stop_consumers()
-
-
-def stream(n: int, seed: int) -> tuple[list, list[Order], list[InventoryMovement]]:
-    gen = StreamGenerator(
-        seed=seed,
-        start=datetime.now(UTC) - timedelta(minutes=10),
-        events_per_second=max(n / 300, 1),
-    )
-    events = list(gen.events(n))
-    return (
-        events,
-        [e for e in events if isinstance(e, Order)],
-        [e for e in events if isinstance(e, InventoryMovement)],
-    )
+from tests.integration.pipeline import PipelineRun, stream
 
 
 def of(region: str, events: list) -> list:
