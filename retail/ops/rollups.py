@@ -40,6 +40,7 @@ from retail.aggregates import (
     StockKey,
     bucket_from_row,
     empty,
+    from_ms,
     ms,
     sums_of,
 )
@@ -294,36 +295,42 @@ def repair_rollups(
                 stored[key] = bucket_from_row(table, r)
 
     # Stock: the products moved in the window, from their latest count on.
+    movements = dict(
+        zip(
+            sorted(moved_days),
+            _run(session, [(q["store_day_movements"], k) for k in sorted(moved_days)]),
+            strict=True,
+        )
+    )
     moved: dict[str, set[str]] = defaultdict(set)
-    movements: dict[tuple[str, date], list[Any]] = {}
-    by_store = sorted(moved_days)
-    for key, rows in zip(
-        by_store, _run(session, [(q["store_day_movements"], k) for k in by_store]), strict=True
-    ):
-        movements[key] = rows
-        moved[key[0]].update(r.sku for r in rows)
-    stock_keys = [(s, sorted(skus)) for s, skus in sorted(moved.items())]
+    for (store, _), rows in movements.items():
+        moved[store].update(r.sku for r in rows)
+    stock_keys = [(store, sorted(skus)) for store, skus in sorted(moved.items())]
     for (store, _), rows in zip(
         stock_keys, _run(session, [(stock_read, k) for k in stock_keys]), strict=True
     ):
         for r in rows:
             stored[StockKey(store, r[0])] = bucket_from_row("stock_by_store", r)
+    # Each store's days from its oldest stored count (or its first day in the window) on, at
+    # most STOCK_LOOKBACK_DAYS back: the days a recount from the latest count can need.
     today = datetime.now(UTC).date()
+    first: dict[str, date] = {}
+    for store, day in moved_days:
+        first[store] = min(day, first.get(store, day))
+    for key, bucket in stored.items():
+        if isinstance(key, StockKey) and isinstance(bucket.value, Stock):
+            anchor = bucket.value.count_time
+            if anchor is not None and key.store_id in first:
+                first[key.store_id] = min(first[key.store_id], from_ms(anchor).date())
+    lookback = today - timedelta(days=STOCK_LOOKBACK_DAYS)
+    spans = {store: _days(max(day, lookback), today) for store, day in first.items()}
+    older = [(s, d) for s, days_ in sorted(spans.items()) for d in days_ if (s, d) not in movements]
+    movements.update(
+        zip(older, _run(session, [(q["store_day_movements"], k) for k in older]), strict=True)
+    )
     unchecked: list[tuple[str, str]] = []
     for store, skus in stock_keys:
-        oldest = min(d for s, d in moved_days if s == store)
-        for sku in skus:
-            have = stored.get(StockKey(store, sku))
-            anchor = have.value.count_time if have and isinstance(have.value, Stock) else None
-            if anchor is not None:
-                oldest = min(oldest, datetime.fromtimestamp(anchor / 1000, UTC).date())
-        oldest = max(oldest, today - timedelta(days=STOCK_LOOKBACK_DAYS))
-        missing = [(store, d) for d in _days(oldest, today) if (store, d) not in movements]
-        for key, rows in zip(
-            missing, _run(session, [(q["store_day_movements"], k) for k in missing]), strict=True
-        ):
-            movements[key] = rows
-        rows_of_store = [r for d in _days(oldest, today) for r in movements.get((store, d), [])]
+        rows_of_store = [r for d in spans[store] for r in movements.get((store, d), [])]
         for sku in skus:
             level = expected_stock(r for r in rows_of_store if r.sku == sku)
             if level is None:
