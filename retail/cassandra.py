@@ -28,6 +28,20 @@ def consistency(name: str) -> int:
         raise ValueError(f"unknown consistency level {name!r}; use one of: {valid}") from None
 
 
+def read_level_for(write_level: str, replication_factor: int) -> str:
+    """The cheapest consistency a reader in the same DC can use and still see every write
+    acknowledged at ``write_level``: R + W > RF. With LOCAL_QUORUM writes that is LOCAL_ONE up
+    to two replicas per DC (a quorum of two is both) and LOCAL_QUORUM from three."""
+    rf = max(1, replication_factor)
+    quorum = rf // 2 + 1
+    written = {"ONE": 1, "LOCAL_ONE": 1, "LOCAL_QUORUM": quorum, "QUORUM": quorum, "ALL": rf}
+    w = written.get(write_level.upper())
+    if w is None:
+        return "LOCAL_QUORUM"
+    r = rf - w + 1
+    return "LOCAL_ONE" if r <= 1 else "LOCAL_QUORUM" if r <= quorum else "ALL"
+
+
 def connect(
     topology: Topology,
     local_dc: str,

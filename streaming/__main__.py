@@ -26,7 +26,7 @@ from cassandra.cluster import Cluster, NoHostAvailable, Session
 from confluent_kafka import Consumer, Producer
 
 from retail import logs
-from retail.cassandra import connect
+from retail.cassandra import connect, read_level_for
 from retail.errors import RetailError
 from retail.kafka import Topics, ensure_topics, group_name
 from retail.metrics import StatsdMetrics
@@ -181,6 +181,7 @@ def main(
         concurrency=in_flight,
         batch_rows=batch_rows,
         parallelism=parallelism,
+        read_level=read_level_for(consistency, dc.replication_factor),
     )
     cfg = ConsumerConfig(
         region=region,

@@ -107,16 +107,6 @@ class Batch:
             self.kafka_ms = max(0.0, time.time() * 1000 - ts) if ts > 0 else 0.0
         self.polled += 1
 
-    def extend(self, later: Batch) -> None:
-        """Append a batch polled after this one."""
-        self.events += later.events
-        self.raw.update(later.raw)
-        self.dead += later.dead
-        self.dead_done += later.dead_done
-        for key, offset in later.next_offsets.items():
-            self.next_offsets[key] = max(self.next_offsets.get(key, 0), offset)
-        self.polled += later.polled
-
     def drop(self, partitions: set[TP]) -> None:
         self.events = [e for e in self.events if (e[0].topic, e[0].partition) not in partitions]
         self.raw = {p: m for p, m in self.raw.items() if (p.topic, p.partition) not in partitions}
@@ -151,7 +141,8 @@ class RegionalConsumer:
         self.sink = sink
         self.metrics = metrics
         self.topics = topics
-        self.pending = Batch()
+        self.pending = Batch()  # polled, to write next
+        self.retry: Batch | None = None  # failed, to write again before anything polled after it
         self.inflight: InFlight | None = None
         self.backoff_until = 0.0  # monotonic; while in the future, partitions stay paused
         self.delay = config.backoff_initial
@@ -329,8 +320,8 @@ class RegionalConsumer:
         if self.inflight and self.inflight.future.done():
             self._finish(self.inflight)
         if self.inflight is None and time.monotonic() >= self.backoff_until:
-            if self.pending:
-                self._submit()  # the first batch, the next one, or a retry after a backoff
+            if self.retry or self.pending:
+                self._submit()  # a retry after its backoff, else the next batch
             elif self.paused:
                 # The backoff is over and nothing is left to retry (a rebalance took the
                 # batch's partitions): fetch again; a write that still fails pauses again.
@@ -371,7 +362,10 @@ class RegionalConsumer:
         return len(msgs)
 
     def _submit(self) -> None:
-        batch, self.pending = self.pending, Batch()
+        if self.retry:
+            batch, self.retry = self.retry, None
+        else:
+            batch, self.pending = self.pending, Batch()
         future = self._writer.submit(self._write, batch)
         self.inflight = InFlight(batch, future, time.perf_counter())
 
@@ -405,11 +399,11 @@ class RegionalConsumer:
         self.sink_errors = 0
 
     def _retry_later(self, batch: Batch, exc: BaseException) -> None:
-        """Keep the batch (ahead of anything polled since), pause, and back off. Partitions
-        lost meanwhile are dropped: their new owner writes them."""
+        """Keep the batch to write again (before anything polled since: a retry is never
+        larger than the batch that failed), pause, and back off. Partitions lost meanwhile are
+        dropped: their new owner writes them."""
         batch.drop(self.lost & set(batch.next_offsets))
-        batch.extend(self.pending)
-        self.pending = batch
+        self.retry = batch
         self.metrics.incr(f"{self.m}.retries")
         if isinstance(exc, SinkBackpressureError) and exc.retry_after == 0:
             # Another consumer wrote a bucket meanwhile: apply the batch again at once.
@@ -460,7 +454,7 @@ class RegionalConsumer:
 
     def _drain(self, deadline: float) -> bool:
         """Write and commit everything polled, retrying until ``deadline``."""
-        while (self.inflight or self.pending) and self.fatal is None:
+        while (self.inflight or self.retry or self.pending) and self.fatal is None:
             if self.inflight:
                 done, _ = wait([self.inflight.future], timeout=deadline - time.monotonic())
                 if not done:
@@ -502,7 +496,9 @@ class RegionalConsumer:
                     self.cfg.revoke_timeout,
                 )
                 self.lost |= revoked
-        self.pending.drop(revoked)
+        for batch in (self.retry, self.pending):
+            if batch:
+                batch.drop(revoked)
         self._commit(sync=True)  # while they are still ours
         log.info("partitions revoked: %s", sorted(revoked))
 
@@ -511,7 +507,9 @@ class RegionalConsumer:
         them (a write still in flight is harmless: the rollups are fenced)."""
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self.lost |= lost
-        self.pending.drop(lost)
+        for batch in (self.retry, self.pending):
+            if batch:
+                batch.drop(lost)
         for tp in lost:
             self.written.pop(tp, None)
         log.warning("partitions lost (session timed out): %s", sorted(lost))

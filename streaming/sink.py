@@ -49,6 +49,7 @@ from retail.aggregates import (
     apply_batch,
     bucket_from_row,
 )
+from retail.cassandra import consistency
 from retail.errors import RetailError
 from retail.events import Event
 from retail.metrics import Metrics
@@ -129,6 +130,7 @@ class CassandraSink:
         concurrency: int = 128,
         batch_rows: int = 32,
         parallelism: int = 3,
+        read_level: str | None = None,
         retry_after: float = 1.0,
     ) -> None:
         self.session = session
@@ -142,15 +144,20 @@ class CassandraSink:
         # partition key positions that only a prepared statement carries.
         self.inserts = {t: self._prepare(cql) for t, cql in INSERTS.items()}
         self.deletes = {t: self._prepare(cql) for t, cql in DELETES.items()}
-        self.identity = {t: self._prepare(cql) for t, cql in IDENTITY_READS.items()}
-        self.rollup_reads = {t: self._prepare(rollup_read(t)) for t in ROLLUP_KEYS}
+        # Reads need only overlap the writes' quorum (read_level_for): with two replicas per DC
+        # one replica answers instead of two.
+        read = None if read_level is None else consistency(read_level)
+        self.identity = {t: self._prepare(cql, read) for t, cql in IDENTITY_READS.items()}
+        self.rollup_reads = {t: self._prepare(rollup_read(t), read) for t in ROLLUP_KEYS}
         self.rollup_writes = {t: self._prepare(rollup_write(t)) for t in ROLLUP_KEYS}
-        self.movements_since = self._prepare(MOVEMENTS_SINCE)
+        self.movements_since = self._prepare(MOVEMENTS_SINCE, read)
         self._groups = ThreadPoolExecutor(self.parallelism, thread_name_prefix="sink")
 
-    def _prepare(self, cql: str) -> PreparedStatement:
+    def _prepare(self, cql: str, level: int | None = None) -> PreparedStatement:
         stmt = self.session.prepare(cql)
         stmt.is_idempotent = True  # every statement here is safe to send twice
+        if level is not None:
+            stmt.consistency_level = level
         return stmt
 
     def write(self, batch: Sequence[tuple[Position, Event]]) -> Applied:
