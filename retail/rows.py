@@ -12,9 +12,9 @@ them can never show again. How rollups are folded in is :mod:`retail.aggregates`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from retail.events import Event, InventoryMovement, LineItem, Order
@@ -182,13 +182,6 @@ def write_timestamp(event_time: datetime) -> int:
 
 def utc_day(t: datetime) -> date:
     return t.astimezone(UTC).date()
-
-
-def days_between(first: date, last: date) -> Iterator[date]:
-    day = first
-    while day <= last:
-        yield day
-        day += timedelta(days=1)
 
 
 def identity(event: Event) -> tuple[str, str]:
