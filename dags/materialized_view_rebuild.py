@@ -33,9 +33,9 @@ from airflow.sdk import DAG, Param
 from retail.catalog import catalog
 from retail.ops.rollups import MAX_WINDOW_HOURS
 from retail_airflow.defaults import DEFAULT_ARGS, START_DATE
+from retail_airflow.operators.rollups import RollupRepairOperator
 from retail_airflow.operators.views import (
     REBUILD_POLICIES,
-    RollupRepairOperator,
     ViewAuditOperator,
     ViewRebuildOperator,
 )

@@ -36,6 +36,11 @@ def test_every_dag_has_owner_tags_retries_docs_and_typed_params(bag: DagBag) -> 
         for task in dag.tasks:
             assert task.owner not in ("", "airflow"), f"{dag_id}.{task.task_id} has no owner"
             assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+            # A hung call (a node that stops answering mid-read) must not hold the DAG's only
+            # active run for ever.
+            assert task.execution_timeout is not None, (
+                f"{dag_id}.{task.task_id} has no execution_timeout"
+            )
         for name in dag.params:
             param = dag.params.get_param(name)
             assert "type" in param.schema, f"{dag_id} param {name} is untyped"
