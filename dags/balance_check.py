@@ -70,6 +70,8 @@ with DAG(
 ) as dag:
     BalanceCheckOperator(
         task_id="check_balance",
+        # Metadata and Prometheus reads: seconds. Ends before the next run (every 5 minutes).
+        execution_timeout=timedelta(minutes=4),
         topic_prefix="{{ params.topic_prefix }}",
         window_seconds="{{ params.window_seconds }}",
         skew_threshold="{{ params.skew_threshold }}",

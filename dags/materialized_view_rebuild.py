@@ -90,6 +90,8 @@ with DAG(
     )
     fix = RollupRepairOperator(
         task_id="fix_rollups",
+        # Reads every registered store's days of the window (at most a week of them).
+        execution_timeout=timedelta(minutes=30),
         window_hours="{{ params.window_hours }}",
         fix_rollups="{{ params.fix_rollups }}",
         # After the views, whatever they did (a skipped rebuild is not a reason to skip this).

@@ -1,16 +1,20 @@
 """
 ### Pipeline audit
 
-Every hour, reconciles Kafka with Cassandra for a window of `window_minutes` that ends
-`settle_minutes` ago (time for the consumers to commit it; hourly runs then cover the stream
-without gaps), and **fails loudly on any loss**:
+Every hour, reconciles Kafka with Cassandra for the run's data interval moved `settle_minutes`
+back (time for the consumers to commit it), and **fails loudly on any loss**. A late or retried
+run audits the same window, and consecutive runs meet without a gap. `window_minutes`, when
+set, audits only the last minutes of that window instead (a quick check from the trigger form).
 
-- every message of the chosen kinds of topics (every region's `<prefix>.<region>.orders` ...,
-  and `<prefix>.unrouted`) whose timestamp is in the window is read back and decoded;
-- a valid event must be stored: its id's table (`orders`, `inventory_movements`) holds this
-  version or a later one (a resend replaces an earlier version), and for this version its row
-  by store and day exists; looked up in its own region's DC at `LOCAL_QUORUM`, the quorum its
-  consumer wrote at;
+- the window is an offset range per partition of the chosen kinds of topics (every region's
+  `<prefix>.<region>.orders` ..., and `<prefix>.unrouted`): from the first message stamped in
+  it to the first stamped after it, so a message with a wrong producer clock is still audited;
+  every message of the range is read back and decoded, 5,000 at a time;
+- a valid event must be stored: its row by store and day holds this version, or its id's table
+  (`orders`, `inventory_movements`) holds a later one (a resend replaces an earlier version).
+  Each store-day partition is read once with a range read and compared as a set; single rows
+  are read only for what is absent, to name it. Read in the event's own region's DC at
+  `LOCAL_QUORUM`, the quorum its consumer wrote at;
 - a message the consumers must refuse (invalid, a region header or topic that disagrees with
   the body, unrouted, an id moved to another store) must be in the dead-letter topic (found by
   its `origin.*` headers);
@@ -44,11 +48,12 @@ with DAG(
     render_template_as_native_obj=True,
     params={
         "window_minutes": Param(
-            60,
-            type="integer",
+            None,
+            type=["null", "integer"],
             minimum=1,
             maximum=1440,
-            description="Audit the messages of this many minutes (the schedule: 60).",
+            description="Empty: audit the run's data interval (an hour). A number: audit only "
+            "the last this many minutes of it.",
         ),
         "settle_minutes": Param(
             5,
@@ -78,6 +83,8 @@ with DAG(
 ) as dag:
     PipelineAuditOperator(
         task_id="audit_window",
+        # Reads a window of an hour's messages; at the demo's rates this takes seconds.
+        execution_timeout=timedelta(minutes=30),
         topic_prefix="{{ params.topic_prefix }}",
         window_minutes="{{ params.window_minutes }}",
         settle_minutes="{{ params.settle_minutes }}",

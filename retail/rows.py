@@ -29,7 +29,8 @@ ROLLUP_TABLES = (
     "product_sales_by_store_day",
     "stock_by_store",
 )
-TABLES = BASE_TABLES + ROLLUP_TABLES
+REGISTRY_TABLES = ("stores_by_region",)
+TABLES = BASE_TABLES + ROLLUP_TABLES + REGISTRY_TABLES
 
 # Base-row columns, by table, in the order rows_for binds them (the write timestamp follows).
 BASE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -147,6 +148,12 @@ def rollup_write(table: str) -> str:
         f"INSERT INTO {KEYSPACE}.{table} ({', '.join(cols)}) "
         f"VALUES ({', '.join('?' * len(cols))}) USING TIMESTAMP ?"
     )
+
+
+# The stores of a region: the consumers register each store before its first rows, and the
+# rollup repair enumerates a window's store-days from them (stores x days).
+REGISTER_STORE = f"INSERT INTO {KEYSPACE}.stores_by_region (region, store_id) VALUES (?, ?)"
+STORES_OF_REGION = f"SELECT store_id FROM {KEYSPACE}.stores_by_region WHERE region = ?"
 
 
 # A store's movements of one day after a time: what a late count needs (see retail.aggregates).

@@ -59,6 +59,7 @@ from retail.rows import (
     INSERTS,
     KEYSPACE,
     MOVEMENTS_SINCE,
+    REGISTER_STORE,
     ROLLUP_KEYS,
     Position,
     event_from_row,
@@ -151,6 +152,8 @@ class CassandraSink:
         self.rollup_reads = {t: self._prepare(rollup_read(t), read) for t in ROLLUP_KEYS}
         self.rollup_writes = {t: self._prepare(rollup_write(t)) for t in ROLLUP_KEYS}
         self.movements_since = self._prepare(MOVEMENTS_SINCE, read)
+        self.register_store = self._prepare(REGISTER_STORE)
+        self.registered: set[tuple[str, str]] = set()  # (region, store) written by this process
         self._groups = ThreadPoolExecutor(self.parallelism, thread_name_prefix="sink")
 
     def _prepare(self, cql: str, level: int | None = None) -> PreparedStatement:
@@ -178,12 +181,21 @@ class CassandraSink:
 
     def _apply(self, batch: Sequence[tuple[Position, Event]]) -> Applied:
         try:
+            self._register_stores(batch)
             return apply_batch(self, batch)
         except ConcurrentWriter as exc:
             # A consumer that lost these partitions is still writing: retry at once, the
             # batch's folded part is skipped by the watermarks.
             self.metrics.incr("sink.concurrent_writer")
             raise SinkBackpressureError(0.0, exc) from exc
+
+    def _register_stores(self, batch: Sequence[tuple[Position, Event]]) -> None:
+        """Register the batch's stores this process has not registered yet, before any of their
+        rows: the rollup repair finds a window's store-days through the registry."""
+        new = {(e.region, e.store_id) for _, e in batch} - self.registered
+        if new:
+            self._run([(self.register_store, store) for store in sorted(new)], "store registry")
+            self.registered |= new
 
     # -- the Store of retail.aggregates ---------------------------------------------------------
 

@@ -1,15 +1,25 @@
-"""The pipeline audit: reconcile what Kafka received in a time window with what Cassandra holds.
+"""The pipeline audit: reconcile what Kafka received in a window with what Cassandra holds.
 
-For every message of the event topics whose timestamp falls in the window (found with
-``offsets_for_times``, decoded with :func:`retail.events.decode`):
+The window is a range of offsets per partition of the event topics: from the first message
+stamped at or after its start to the first stamped at or after its end (``offsets_for_times``).
+Consecutive windows therefore meet exactly, and a message whose producer clock was wrong is
+still audited, in the window its offset falls in. Every message of the range is decoded with
+:func:`retail.events.decode` and judged by the consumers' rules:
 
-* a valid event of its topic's region must be stored: its id's table holds this version or a
-  later one (a resend replaces an earlier version everywhere), and when it holds this version,
-  the version's row by store and day exists too;
+* a valid event of its topic's region must be stored: its row by store and day holds this
+  version (``orders_by_store_day``, ``inventory_by_store_day``), or its id's table holds a later
+  one (a resend replaces an earlier version everywhere);
 * a message the consumers must refuse must be in the dead-letter topic, found by the
   ``origin.*`` headers the consumer puts on every dead letter: it does not decode, its region
   header or topic disagrees with its body (:func:`retail.kafka.misrouted`), it arrived unrouted,
   or it tries to move an id to another store (a conflict: :mod:`retail.aggregates`).
+
+**Cost.** The audit reads each touched store-day partition once per chunk of messages with a
+range read bounded by the chunk's event times, and compares sets; it reads single rows (the id's
+stored version) only for the events whose day row is not there, to tell a loss from a resend or
+a conflict and to name it. A partition of Kafka is read in chunks of :data:`CHUNK` messages, so
+memory does not grow with the window. A store's events share a Kafka partition (the key is the
+store), so a store-day is read about once per window however many events it holds.
 
 Only what the responsible consumer group says it has done is judged: a message at or past the
 group's committed offset is *pending* (not yet consumed), counted and reported, never called
@@ -27,11 +37,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.concurrent import execute_concurrent
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from retail import kafka as conv
@@ -45,23 +56,25 @@ log = logging.getLogger(__name__)
 
 EXAMPLES = 10  # ids shown per kind of finding
 
-# The stored version of an id, and whether a version's row by store and day exists.
+CHUNK = 5_000  # messages judged and checked at a time, per Kafka partition
+
+# The stored version of an id: read only for events whose day row is absent.
 STORED_VERSION = {
     "orders": f"SELECT store_id, event_time FROM {KEYSPACE}.orders WHERE order_id = ?",
     "inventory_movements": (
         f"SELECT store_id, event_time FROM {KEYSPACE}.inventory_movements WHERE event_id = ?"
     ),
 }
-DAY_ROW = {
+# The rows of a store's day between two event times (inclusive): one range read per partition.
+DAY_TABLE = {"orders": "orders_by_store_day", "inventory_movements": "inventory_by_store_day"}
+DAY_RANGE = {
     "orders": (
-        "orders_by_store_day",
-        f"SELECT order_id FROM {KEYSPACE}.orders_by_store_day "
-        "WHERE store_id = ? AND day = ? AND event_time = ? AND order_id = ?",
+        f"SELECT event_time, order_id FROM {KEYSPACE}.orders_by_store_day "
+        "WHERE store_id = ? AND day = ? AND event_time >= ? AND event_time <= ?"
     ),
     "inventory_movements": (
-        "inventory_by_store_day",
-        f"SELECT event_id FROM {KEYSPACE}.inventory_by_store_day "
-        "WHERE store_id = ? AND day = ? AND event_time = ? AND event_id = ?",
+        f"SELECT event_time, event_id FROM {KEYSPACE}.inventory_by_store_day "
+        "WHERE store_id = ? AND day = ? AND event_time >= ? AND event_time <= ?"
     ),
 }
 
@@ -107,10 +120,13 @@ def judge(
     return (None, reason) if reason else (event, None)
 
 
+def group_of(topic: str, topics: Topics) -> str:
+    """The group that reads ``topic``: its region's, or the catch-all's for unrouted."""
+    return conv.group_name(topics.prefix, topics.region_of(topic) or topics.regions[0])
+
+
 def responsible_group(seen: Seen, topics: Topics) -> str:
-    """The group that reads a message's topic: its region's, or the catch-all's for unrouted."""
-    region = topics.region_of(seen.topic) or topics.regions[0]
-    return conv.group_name(topics.prefix, region)
+    return group_of(seen.topic, topics)
 
 
 @dataclass
@@ -132,7 +148,9 @@ class AuditReport:
     window_start_ms: int
     window_end_ms: int
     topics: dict[str, TopicAudit]
-    rows_checked: int = 0
+    partitions_read: int = 0  # store-day range reads
+    rows_read: int = 0  # rows those range reads returned
+    point_reads: int = 0  # single-row reads, for events whose day row was absent
 
     @property
     def missing(self) -> int:
@@ -142,7 +160,9 @@ class AuditReport:
         return {
             "window_start_ms": self.window_start_ms,
             "window_end_ms": self.window_end_ms,
-            "rows_checked": self.rows_checked,
+            "partitions_read": self.partitions_read,
+            "rows_read": self.rows_read,
+            "point_reads": self.point_reads,
             "missing": self.missing,
             "topics": {
                 name: {
@@ -166,7 +186,10 @@ class AuditReport:
             f"{t.deadlettered} dead-lettered, {t.pending} not yet consumed), {t.missing} lost"
             for name, t in self.topics.items()
         ]
-        return "; ".join(parts) + f"; {self.rows_checked} rows checked"
+        return "; ".join(parts) + (
+            f"; {self.partitions_read} store-day partitions read ({self.rows_read} rows), "
+            f"{self.point_reads} single rows read"
+        )
 
 
 # -- Kafka ---------------------------------------------------------------------------------------
@@ -231,41 +254,54 @@ def _offsets_at(
     return out
 
 
-def read_window(
-    bootstrap: str,
-    topics: Topics,
-    audited: list[str],
-    start_ms: int,
-    end_ms: int,
-    *,
-    timeout: float = 120.0,
-) -> list[Seen]:
-    """Every message of ``audited`` with a timestamp in [start_ms, end_ms), judged."""
-    consumer = _consumer(bootstrap, "retail-pipeline-audit")
-    seen: list[Seen] = []
+@dataclass(frozen=True)
+class Span:
+    """The offsets ``[start, end)`` of one partition that a window covers."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+
+def window_spans(
+    consumer: Consumer, audited: Sequence[str], start_ms: int, end_ms: int
+) -> list[Span]:
+    """Per partition of ``audited``, the offsets from the first message stamped at or after
+    ``start_ms`` to the first stamped at or after ``end_ms``: consecutive windows meet exactly,
+    whatever timestamps the producers put on their messages."""
     try:
-        try:
-            meta = consumer.list_topics(timeout=10)
-        except KafkaException as exc:
-            raise AuditError(f"Kafka at {bootstrap} did not answer: {exc}") from exc
-        for topic in audited:
-            if topic not in meta.topics:
-                raise AuditError(f"topic {topic} does not exist; check the topic prefix")
-            parts = sorted(meta.topics[topic].partitions)
-            first = _offsets_at(consumer, topic, parts, start_ms, 10)
-            after = _offsets_at(consumer, topic, parts, end_ms, 10)
-            for p in parts:
-                for msg in read_range(consumer, topic, p, first[p], after[p], timeout):
-                    _, ts = msg.timestamp()
-                    if not start_ms <= ts < end_ms:
-                        continue  # a producer clock out of order: judged by its own window
-                    header = conv.header(msg.headers(), conv.REGION_HEADER)
-                    event, reason = judge(topic, header, msg.value() or b"", topics)
-                    seen.append(Seen(topic, p, msg.offset(), event, reason))
-            log.info("%s: %d messages in the window", topic, sum(s.topic == topic for s in seen))
-    finally:
-        consumer.close()
-    return seen
+        meta = consumer.list_topics(timeout=10)
+    except KafkaException as exc:
+        raise AuditError(f"Kafka did not answer: {exc}") from exc
+    spans = []
+    for topic in audited:
+        if topic not in meta.topics:
+            raise AuditError(f"topic {topic} does not exist; check the topic prefix")
+        parts = sorted(meta.topics[topic].partitions)
+        first = _offsets_at(consumer, topic, parts, start_ms, 10)
+        after = _offsets_at(consumer, topic, parts, end_ms, 10)
+        spans += [Span(topic, p, first[p], after[p]) for p in parts]
+    return spans
+
+
+def judged(consumer: Consumer, span: Span, topics: Topics, timeout: float) -> Iterator[Seen]:
+    """Every message of ``span``, judged as the consumers judge it."""
+    for msg in read_range(consumer, span.topic, span.partition, span.start, span.end, timeout):
+        header = conv.header(msg.headers(), conv.REGION_HEADER)
+        event, reason = judge(span.topic, header, msg.value() or b"", topics)
+        yield Seen(span.topic, span.partition, msg.offset(), event, reason)
+
+
+def chunks(items: Iterable[Seen], size: int) -> Iterator[list[Seen]]:
+    chunk: list[Seen] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def read_dead_letter_origins(
@@ -315,42 +351,56 @@ def committed_offsets(
 # -- Cassandra -----------------------------------------------------------------------------------
 
 
-def stored_versions(session: Session, events: list[Event]) -> list[tuple[str, object] | None]:
-    """Per event, the stored version of its id: (store_id, event_time), or None (point reads,
-    in parallel)."""
-    out: list[tuple[str, object] | None] = [None] * len(events)
-    by_table: dict[str, list[int]] = defaultdict(list)
+def _run(session: Session, statements: list[tuple[object, tuple[object, ...]]]) -> list[list]:
+    if not statements:
+        return []
+    results = execute_concurrent(
+        session, statements, concurrency=64, raise_on_first_error=True, results_generator=False
+    )
+    return [list(rows) for _, rows in results]
+
+
+PartitionKey = tuple[str, str, object]  # (identity table, store_id, day)
+
+
+def day_row_key(event: Event) -> tuple[int, str]:
+    """How an event's row by store and day is told apart within its partition."""
+    return ms(event.event_time), identity(event)[1]
+
+
+def absent_day_rows(session: Session, events: Sequence[Event]) -> tuple[list[int], int, int]:
+    """Indexes of ``events`` whose row by store and day is not stored, with the partitions and
+    rows read to find out: each store-day partition is read once, between the earliest and the
+    latest event time of its events."""
+    groups: dict[PartitionKey, list[int]] = defaultdict(list)
     for i, e in enumerate(events):
-        by_table[identity(e)[0]].append(i)
-    for table, indexes in by_table.items():
-        stmt = session.prepare(STORED_VERSION[table])
-        args = [(identity(events[i])[1],) for i in indexes]
-        results = execute_concurrent_with_args(
-            session, stmt, args, concurrency=64, raise_on_first_error=True
-        )
-        for i, (_, rows) in zip(indexes, results, strict=True):
-            row = rows.one()
-            out[i] = None if row is None else (row.store_id, row.event_time)
+        groups[(identity(e)[0], e.store_id, utc_day(e.event_time))].append(i)
+    keys = sorted(groups, key=str)
+    prepared = {t: session.prepare(q) for t, q in DAY_RANGE.items()}
+    statements: list[tuple[object, tuple[object, ...]]] = []
+    for table, store, day in keys:
+        times = [events[i].event_time for i in groups[(table, store, day)]]
+        # Cassandra keeps milliseconds: widen the bounds so truncation cannot drop a row.
+        low = min(times) - timedelta(milliseconds=1)
+        high = max(times) + timedelta(milliseconds=1)
+        statements.append((prepared[table], (store, day, low, high)))
+    absent: list[int] = []
+    rows_read = 0
+    for key, rows in zip(keys, _run(session, statements), strict=True):
+        rows_read += len(rows)
+        stored = {(ms(r[0]), r[1]) for r in rows}
+        absent += [i for i in groups[key] if day_row_key(events[i]) not in stored]
+    return sorted(absent), len(keys), rows_read
+
+
+def stored_versions(session: Session, events: Sequence[Event]) -> list[tuple[str, object] | None]:
+    """Per event, the stored version of its id: (store_id, event_time), or None."""
+    prepared = {t: session.prepare(q) for t, q in STORED_VERSION.items()}
+    statements = [(prepared[identity(e)[0]], (identity(e)[1],)) for e in events]
+    out: list[tuple[str, object] | None] = []
+    for rows in _run(session, statements):
+        out.append((rows[0].store_id, rows[0].event_time) if rows else None)
     return out
-
-
-def missing_day_rows(session: Session, events: list[Event]) -> set[int]:
-    """Indexes of ``events`` whose row by store and day does not exist."""
-    absent: set[int] = set()
-    by_table: dict[str, list[int]] = defaultdict(list)
-    for i, e in enumerate(events):
-        by_table[identity(e)[0]].append(i)
-    for table, indexes in by_table.items():
-        stmt = session.prepare(DAY_ROW[table][1])
-        args = [
-            (e.store_id, utc_day(e.event_time), e.event_time, identity(e)[1])
-            for e in (events[i] for i in indexes)
-        ]
-        results = execute_concurrent_with_args(
-            session, stmt, args, concurrency=64, raise_on_first_error=True
-        )
-        absent |= {i for i, (_, rows) in zip(indexes, results, strict=True) if not rows.one()}
-    return absent
 
 
 # -- the audit -----------------------------------------------------------------------------------
@@ -364,26 +414,64 @@ def audit(
     sessions: Callable[[str], Session],
     start_ms: int,
     end_ms: int,
+    chunk: int = CHUNK,
+    timeout: float = 120.0,
+    progress: Callable[[str], None] = log.info,
 ) -> AuditReport:
     """Reconcile the window [start_ms, end_ms) of the ``audited`` topics with Cassandra.
 
     ``sessions(region)`` returns a session whose local DC is that region, at LOCAL_QUORUM.
     """
-    seen = read_window(bootstrap, topics, audited, start_ms, end_ms)
     report = AuditReport(start_ms, end_ms, {t: TopicAudit(t) for t in audited})
-    groups = sorted({responsible_group(s, topics) for s in seen})
-    partitions = sorted({(s.topic, s.partition) for s in seen})
-    committed = committed_offsets(bootstrap, groups, partitions) if partitions else {}
-    origins = read_dead_letter_origins(bootstrap, topics.deadletter, start_ms) if seen else set()
+    consumer = _consumer(bootstrap, "retail-pipeline-audit")
+    try:
+        spans = [s for s in window_spans(consumer, audited, start_ms, end_ms) if s.end > s.start]
+        total = sum(s.end - s.start for s in spans)
+        progress(f"{total} messages in {len(spans)} partitions of {len(audited)} topics")
+        groups = sorted({responsible_group(Seen(s.topic, 0, 0, None, None), topics) for s in spans})
+        parts = sorted({(s.topic, s.partition) for s in spans})
+        committed = committed_offsets(bootstrap, groups, parts) if parts else {}
+        origins = (
+            read_dead_letter_origins(bootstrap, topics.deadletter, start_ms) if spans else set()
+        )
+        done = 0
+        for span in spans:
+            for batch in chunks(judged(consumer, span, topics, timeout), chunk):
+                _check(batch, report, topics, sessions, committed, origins)
+                done += len(batch)
+            progress(
+                f"{span.topic}[{span.partition}] offsets {span.start}..{span.end - 1} checked "
+                f"({done}/{total} messages, {report.missing} lost so far)"
+            )
+    finally:
+        consumer.close()
+    return report
+
+
+def _check(
+    batch: list[Seen],
+    report: AuditReport,
+    topics: Topics,
+    sessions: Callable[[str], Session],
+    committed: dict[str, dict[tuple[str, int], int]],
+    origins: set[tuple[str, int, int]],
+) -> None:
+    """Judge one chunk of a partition's messages and look up its consumed events."""
 
     def lost(s: Seen, text: str) -> None:
         t = report.topics[s.topic]
         t.missing += 1
         _example(t.missing_examples, text)
 
-    # Valid, consumed events by region: they are looked up in that region's DC.
+    def conflict(s: Seen, e: Event, table: str) -> None:
+        # It tried to move the id to another store: the consumer dead-letters it.
+        if (s.topic, s.partition, s.offset) in origins:
+            report.topics[s.topic].deadlettered += 1
+        else:
+            lost(s, f"{event_label(e)} at {s.where} conflicts with {table}, not dead-lettered")
+
     to_check: dict[str, list[Seen]] = defaultdict(list)
-    for s in seen:
+    for s in batch:
         t = report.topics[s.topic]
         t.messages += 1
         t.per_partition[s.partition] = t.per_partition.get(s.partition, 0) + 1
@@ -404,34 +492,26 @@ def audit(
     for region, items in sorted(to_check.items()):
         session = sessions(region)
         events = [s.event for s in items if s.event is not None]
-        versions = stored_versions(session, events)
-        report.rows_checked += len(events)
-        current: list[int] = []
-        for i, (s, e, version) in enumerate(zip(items, events, versions, strict=True)):
+        absent, partitions, rows = absent_day_rows(session, events)
+        report.partitions_read += partitions
+        report.rows_read += rows
+        if not absent:
+            continue
+        # Only the events without their day row: is it lost, replaced, or a conflict?
+        versions = stored_versions(session, [events[i] for i in absent])
+        report.point_reads += len(absent)
+        for i, version in zip(absent, versions, strict=True):
+            s, e = items[i], events[i]
             table = identity(e)[0]
             if version is None:
                 lost(s, f"{event_label(e)} at {s.where}: no row in {table}")
             elif version[0] != e.store_id:
-                # It tried to move the id to another store: the consumer dead-letters it.
-                if (s.topic, s.partition, s.offset) in origins:
-                    report.topics[s.topic].deadlettered += 1
-                else:
-                    lost(
-                        s,
-                        f"{event_label(e)} at {s.where} conflicts with {table}, not dead-lettered",
-                    )
+                conflict(s, e, table)
             elif ms(version[1]) < ms(e.event_time):  # type: ignore[arg-type]
                 lost(s, f"{event_label(e)} at {s.where}: {table} holds an older version")
             elif ms(version[1]) == ms(e.event_time):  # type: ignore[arg-type]
-                current.append(i)
+                lost(s, f"{event_label(e)} at {s.where}: no row in {DAY_TABLE[table]}")
             # else: a later version replaced it, which is what a resend does
-        absent = missing_day_rows(session, [events[i] for i in current])
-        report.rows_checked += len(current)
-        for j in sorted(absent):
-            s, e = items[current[j]], events[current[j]]
-            lost(s, f"{event_label(e)} at {s.where}: no row in {DAY_ROW[identity(e)[0]][0]}")
-        log.info("%s: %d events checked, %d current versions", region, len(events), len(current))
-    return report
 
 
 def _example(examples: list[str], text: str) -> None:

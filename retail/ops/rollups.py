@@ -2,8 +2,10 @@
 time window from the base rows, compare with what is stored, and correct what differs.
 
 The consumers fold events into the rollups incrementally (:mod:`retail.aggregates`); this is the
-independent check and the way back from a wrong bucket (a bug, a restore, a hand edit). What a
-bucket should hold, from the base rows alone:
+independent check and the way back from a wrong bucket (a bug, a restore, a hand edit). Its cost
+follows the window, not the tables: it enumerates the window's partitions, every store of the
+registry (``stores_by_region``, one partition per region of the topology) times the window's
+days, and reads each once. What a bucket should hold, from the base rows alone:
 
 * ``sales_by_store_hour`` / ``sales_by_region_day`` / ``product_sales_by_store_day``: the
   orders of the store's day partition in ``orders_by_store_day`` (lines included), summed with
@@ -46,7 +48,14 @@ from retail.aggregates import (
 )
 from retail.errors import ConfigError
 from retail.events import LineItem, Order
-from retail.rows import KEYSPACE, ROLLUP_TABLES, rollup_read, rollup_write, stock_level
+from retail.rows import (
+    KEYSPACE,
+    ROLLUP_TABLES,
+    STORES_OF_REGION,
+    rollup_read,
+    rollup_write,
+    stock_level,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +63,10 @@ MAX_WINDOW_HOURS = 168  # a week: the repair reads every bucket of the window
 STOCK_LOOKBACK_DAYS = 7
 EXAMPLES = 5  # corrections quoted per table in the report
 
-# Reads that find the window's store days and read their base rows. DISTINCT over partition
-# keys reads one entry per partition (a store's day), not the rows.
+# The base rows of a store's day: the repair reads each store-day of the window once, the
+# stores enumerated from the registry of each region (retail.stores_by_region).
 REPAIR_QUERIES: dict[str, str] = {
-    "order_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.orders_by_store_day",
-    "inventory_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.inventory_by_store_day",
-    "hour_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.sales_by_store_hour",
-    "product_days": f"SELECT DISTINCT store_id, day FROM {KEYSPACE}.product_sales_by_store_day",
+    "stores": STORES_OF_REGION,
     "store_day_orders": (
         f"SELECT store_id, region, event_time, order_id, currency, total_cents, lines "
         f"FROM {KEYSPACE}.orders_by_store_day WHERE store_id = ? AND day = ?"
@@ -262,28 +268,37 @@ def repair_rollups(
     write = {t: session.prepare(rollup_write(t)) for t in ROLLUP_TABLES}
     days = set(window.days)
 
-    def store_days(name: str) -> set[tuple[str, date]]:
-        rows = session.execute(q[name].bind(()), timeout=120)
-        return {(r.store_id, r.day.date()) for r in rows if r.day.date() in days}
-
-    order_days = store_days("order_days") | store_days("hour_days") | store_days("product_days")
-    moved_days = store_days("inventory_days")
+    # The window's partitions: every registered store of every region, times the window's days.
+    stores = sorted(
+        r.store_id
+        for rows in _run(session, [(q["stores"], (region,)) for region in regions])
+        for r in rows
+    )
+    store_days = [(store, day) for store in stores for day in sorted(days)]
+    order_reads = [(q["store_day_orders"], k) for k in store_days]
+    day_orders = dict(zip(store_days, _run(session, order_reads), strict=True))
+    movements = dict(
+        zip(
+            store_days,
+            _run(session, [(q["store_day_movements"], k) for k in store_days]),
+            strict=True,
+        )
+    )
+    order_days = {k for k, rows in day_orders.items() if rows}
+    moved_days = {k for k, rows in movements.items() if rows}
     progress(
         f"window {window.start:%Y-%m-%d %H:00} to {window.end:%Y-%m-%d %H:00} UTC: "
-        f"{len(order_days)} store-days with sales, {len(moved_days)} with movements"
+        f"{len(stores)} registered stores x {len(days)} days read; {len(order_days)} store-days "
+        f"with sales, {len(moved_days)} with movements"
     )
 
-    # Sales: the store days' orders, and every stored row of those days (and the regions' days).
-    keys = sorted(order_days)
-    orders = [
-        _order(r)
-        for rows in _run(session, [(q["store_day_orders"], k) for k in keys])
-        for r in rows
-    ]
+    # Sales: the store days' orders, and every stored row of every store-day (a bucket where
+    # nothing was sold is wrong too) and of the regions' days.
+    orders = [_order(r) for k in sorted(order_days) for r in day_orders[k]]
     expected = {k: b for k, b in sums_of(orders).items() if window.holds(k)}
     stored: dict[BucketKey, Bucket] = {}
     reads: list[tuple[str, tuple[Any, ...]]] = [
-        (t, k) for t in ("sales_by_store_hour", "product_sales_by_store_day") for k in keys
+        (t, k) for t in ("sales_by_store_hour", "product_sales_by_store_day") for k in store_days
     ]
     reads += [("sales_by_region_day", (region, day)) for region in regions for day in sorted(days)]
     for (table, prefix), rows in zip(
@@ -295,16 +310,9 @@ def repair_rollups(
                 stored[key] = bucket_from_row(table, r)
 
     # Stock: the products moved in the window, from their latest count on.
-    movements = dict(
-        zip(
-            sorted(moved_days),
-            _run(session, [(q["store_day_movements"], k) for k in sorted(moved_days)]),
-            strict=True,
-        )
-    )
     moved: dict[str, set[str]] = defaultdict(set)
-    for (store, _), rows in movements.items():
-        moved[store].update(r.sku for r in rows)
+    for store, day in moved_days:
+        moved[store].update(r.sku for r in movements[(store, day)])
     stock_keys = [(store, sorted(skus)) for store, skus in sorted(moved.items())]
     for (store, _), rows in zip(
         stock_keys, _run(session, [(stock_read, k) for k in stock_keys]), strict=True

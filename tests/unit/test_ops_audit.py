@@ -75,3 +75,27 @@ def test_the_report_sums_losses_and_serialises() -> None:
     assert report.summary().startswith(
         "p.orders: 10 messages (9 events, 1 invalid, 1 dead-lettered, 0 not yet consumed), 1 lost"
     )
+
+
+def test_a_run_audits_its_data_interval_so_runs_meet_without_gap_or_overlap() -> None:
+    from datetime import timedelta
+
+    from retail_airflow.operators.audit import audit_window
+
+    hour = timedelta(hours=1)
+    t0 = datetime(2026, 11, 30, 10, tzinfo=UTC)
+    first = audit_window(t0, t0 + hour, settle=5, window=None)
+    second = audit_window(t0 + hour, t0 + 2 * hour, settle=5, window=None)
+    assert first[1] == second[0]  # consecutive scheduled runs meet
+    assert first == (int(t0.timestamp() * 1000) - 300_000, int(t0.timestamp() * 1000) + 3_300_000)
+    # A window in minutes is the end of the same interval: what a manual check asks for.
+    assert audit_window(t0, t0 + hour, settle=5, window=15) == (first[1] - 900_000, first[1])
+
+
+def test_chunks_keep_order_and_bound_their_size() -> None:
+    from retail.ops.audit import chunks
+
+    seen = [Seen("p.eu-west.orders", 0, n, None, "bad") for n in range(12)]
+    parts = list(chunks(iter(seen), 5))
+    assert [len(p) for p in parts] == [5, 5, 2]
+    assert [s for p in parts for s in p] == seen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -23,13 +23,30 @@ from retail_airflow.operators.balance import PREFIX_PATTERN
 # and the dead letters of them all.
 AUDITED_TOPICS = ("orders", "inventory")
 WINDOW_MINUTES = (1, 1440)
+SCHEDULE = timedelta(hours=1)
 SETTLE_MINUTES = (0, 60)
 
 
+def audit_window(
+    interval_start: datetime, interval_end: datetime, settle: int, window: int | None
+) -> tuple[int, int]:
+    """The window a run audits, in ms: its data interval moved ``settle`` minutes back, or (a
+    ``window`` in minutes given) the ``window`` minutes before that end. A run audits the same
+    window however late it starts or how often it is retried, and consecutive scheduled runs
+    meet without a gap."""
+    end_ms = int(interval_end.timestamp() * 1000) - settle * 60_000
+    if window is None:
+        start_ms = int(interval_start.timestamp() * 1000) - settle * 60_000
+    else:
+        start_ms = end_ms - window * 60_000
+    return start_ms, end_ms
+
+
 class PipelineAuditOperator(BaseOperator):
-    """Reconcile the messages of the last ``window_minutes`` with the rows in Cassandra and
-    the dead-letter topic; send ``retail.audit.<topic>.missing`` and ``.deadlettered``; fail
-    (without retry) with counts and example ids if anything consumed was lost."""
+    """Reconcile the messages of the run's data interval (moved back ``settle_minutes``, or the
+    last ``window_minutes`` of it) with the rows in Cassandra and the dead-letter topic; send
+    ``retail.audit.<topic>.missing`` and ``.deadlettered``; fail (without retry) with counts and
+    example ids if anything consumed was lost."""
 
     template_fields = ("topic_prefix", "window_minutes", "settle_minutes", "topics")
 
@@ -37,7 +54,7 @@ class PipelineAuditOperator(BaseOperator):
         self,
         *,
         topic_prefix: str = "retail",
-        window_minutes: int | str = 60,
+        window_minutes: int | str | None = None,
         settle_minutes: int | str = 5,
         topics: list[str] | str | None = None,
         cassandra_conn_id: str = CASSANDRA_CONN_ID,
@@ -54,16 +71,16 @@ class PipelineAuditOperator(BaseOperator):
         self.kafka_conn_id = kafka_conn_id
         self.statsd_conn_id = statsd_conn_id
 
-    def _validate(self) -> tuple[str, int, int, list[str]]:
+    def _validate(self) -> tuple[str, int | None, int, list[str]]:
         prefix, window, topics = self.topic_prefix, self.window_minutes, self.topics
         settle = self.settle_minutes
         if not isinstance(prefix, str) or not re.fullmatch(PREFIX_PATTERN, prefix):
             raise AirflowFailException(
                 f"topic_prefix {prefix!r} must match {PREFIX_PATTERN} (e.g. 'retail')"
             )
-        if isinstance(window, bool) or not isinstance(window, int):
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
             raise AirflowFailException(f"window_minutes must be an integer, got {window!r}")
-        if not WINDOW_MINUTES[0] <= window <= WINDOW_MINUTES[1]:
+        if window is not None and not WINDOW_MINUTES[0] <= window <= WINDOW_MINUTES[1]:
             raise AirflowFailException(f"window_minutes {window} outside {WINDOW_MINUTES}")
         if isinstance(settle, bool) or not isinstance(settle, int):
             raise AirflowFailException(f"settle_minutes must be an integer, got {settle!r}")
@@ -84,10 +101,17 @@ class PipelineAuditOperator(BaseOperator):
         # Every region's topics of the chosen kinds, and the unrouted topic (all dead letters).
         audited = [topics.topic(r, kind) for r in topics.regions for kind in short]
         audited.append(topics.unrouted)
-        # The window ends settle_minutes ago: by then the consumers have committed what it
-        # holds, and consecutive hourly runs cover the stream without a gap.
-        end_ms = int(time.time() * 1000) - settle * 60_000
-        start_ms = end_ms - window * 60_000
+        # The data interval, settle_minutes back: by the time the run starts the consumers have
+        # had settle_minutes to commit what the window holds.
+        # A run without a data interval (triggered without a logical date) audits the hour
+        # before it was triggered, as a scheduled run at that moment would.
+        interval_end = context.get("data_interval_end") or context["dag_run"].run_after
+        interval_start = context.get("data_interval_start") or interval_end - SCHEDULE
+        start_ms, end_ms = audit_window(interval_start, interval_end, settle, window)
+        if end_ms > time.time() * 1000:
+            raise AirflowFailException(
+                "the window ends in the future; the audit runs after its data interval"
+            )
         self.log.info(
             "auditing %s from %s to %s UTC; dead letters from %s",
             audited,
@@ -121,6 +145,7 @@ class PipelineAuditOperator(BaseOperator):
                     sessions=session,
                     start_ms=start_ms,
                     end_ms=end_ms,
+                    progress=lambda msg: self.log.info("%s", msg),
                 )
             except audit.AuditError as exc:
                 if "does not exist" in str(exc):
