@@ -48,6 +48,7 @@ compose-check:  ## validate docker/compose.yaml with Debian's docker-compose (no
 bench: setup  ## pipeline benchmark: raw-driver ceiling, naive consumer, our consumers, latency, RSS
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/audit.py
 
 stack-down: $(VENV)/.installed  ## stop every process the local stack started
 	$(BIN)/retail stack down

@@ -1,18 +1,22 @@
 """The pipeline_audit DAG against the live stack: events run through the real regional
-consumers audit clean; a base row deleted on purpose fails the audit, which names the event."""
+consumers audit clean (one of them stamped hours early by its producer's clock, still audited
+by its offset); a base row deleted on purpose fails the audit, which names the event."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cassandra import ConsistencyLevel
 from cassandra.query import SimpleStatement
+from confluent_kafka import Producer
 
 from retail.cassandra import connect
-from retail.events import Order
+from retail.events import Order, encode
 from retail.generator import StreamGenerator
+from retail.kafka import REGION_HEADER
 from retail.producer import Record
 from retail.topology import Topology
 from tests.integration import prom
@@ -35,11 +39,27 @@ def consumed(
         run.start_all()
         for proc in run.consumers.values():
             run.wait_assigned(proc)
-        gen = StreamGenerator(
-            seed=23, stores_per_region=4, start=datetime.now(UTC) - timedelta(minutes=5)
-        )
+        gen_start = datetime.now(UTC) - timedelta(minutes=5)
+        gen = StreamGenerator(seed=23, stores_per_region=4, start=gen_start)
         events = list(gen.events(N))
         run.produce(events)
+        # A producer whose clock is three hours behind: its message lands among the window's
+        # offsets with a timestamp far before the window. It is audited all the same.
+        skewed = next(
+            e
+            for e in StreamGenerator(seed=24, stores_per_region=4, start=gen_start).events(50)
+            if isinstance(e, Order)
+        )
+        producer = Producer({"bootstrap.servers": topology.bootstrap_servers})
+        producer.produce(
+            run.topics.orders(skewed.region),
+            key=skewed.store_id.encode(),
+            value=encode(skewed),
+            headers=[(REGION_HEADER, skewed.region.encode())],
+            timestamp=int(time.time() * 1000) - 3 * 3600 * 1000,
+        )
+        assert producer.flush(30) == 0
+        events.append(skewed)
         bad = Record(run.topics.orders("us-east"), b"store-0002", b'{"type": "order"}', "us-east")
         run.produce_records([bad])
         run.wait_consumed(timeout=120)
