@@ -6,6 +6,12 @@ another strategy) has drifted. Fixing it is an ``ALTER KEYSPACE`` rendered from 
 alone (never from anything a person typed), followed by a full repair of the keyspace: a new
 replica owns data only after repair has streamed it there.
 
+A fix that would take copies away is refused unless the caller allows it explicitly
+(:func:`decreases`): removing a DC from a keyspace drops every replica there at once (its
+clients then fail, or read nothing, until the keyspace is put back and repaired), and lowering a
+DC's factor drops replicas and the consistency levels they made possible. Both may be meant (a
+DC retired from the topology), but never as a side effect of a drift check.
+
 Which keyspaces follow the topology (:func:`platform_keyspaces`):
 
 * the platform's own (``retail``, ``retail_ops``: whatever the migrations create);
@@ -42,6 +48,10 @@ _STRATEGY_PREFIX = "org.apache.cassandra.locator."
 
 class ReplicationError(RetailError):
     """A keyspace's replication cannot be checked or fixed; the message says what to do."""
+
+
+class ReplicationDecreaseRefused(ReplicationError):
+    """A fix would remove a DC or lower a replication factor, and nobody allowed that."""
 
 
 def platform_keyspaces(catalog_keyspaces: Iterable[str]) -> tuple[str, ...]:
@@ -102,6 +112,46 @@ class Drift:
         }
 
 
+def _factor(value: str) -> int:
+    """A replication factor as a number of full replicas: ``"3"`` -> 3, and a transient
+    replication's ``"3/1"`` (3 replicas, 1 of them transient) -> 3."""
+    return int(str(value).split("/", 1)[0])
+
+
+def decreases(drift: Drift) -> list[str]:
+    """What fixing ``drift`` would take away, one phrase per DC (empty: nothing).
+
+    Between two NetworkTopologyStrategy maps: a DC live but not wanted is removed, a DC with a
+    lower factor wanted than live is lowered. From SimpleStrategy (blind to DCs: ``n`` replicas
+    anywhere in the ring) the per-DC comparison means nothing; the fix lowers the replication
+    only if the topology wants fewer replicas in total than live has.
+    """
+    if drift.live is None or not drift.drifted:
+        return []
+    live_class, wanted_class = drift.live.get("class"), drift.wanted.get("class")
+    if live_class != wanted_class:
+        have = sum(_factor(v) for k, v in drift.live.items() if k != "class")
+        want = sum(_factor(v) for k, v in drift.wanted.items() if k != "class")
+        if want < have:
+            return [f"lower the replicas from {have} ({live_class}) to {want} in total"]
+        return []
+    found = []
+    for dc, value in sorted(drift.live.items()):
+        if dc == "class":
+            continue
+        want = drift.wanted.get(dc)
+        if want is None:
+            found.append(f"remove DC {dc} (RF {value} there)")
+        elif _factor(want) < _factor(value):
+            found.append(f"lower {dc} from RF {value} to {want}")
+    return found
+
+
+def render(replication: Mapping[str, str] | None) -> str:
+    """A replication map for a log line; ``None`` is a missing keyspace."""
+    return "(no keyspace)" if replication is None else _render(replication)
+
+
 def _render(replication: Mapping[str, str]) -> str:
     """``SimpleStrategy {replication_factor: 1}``."""
     options = ", ".join(f"{k}: {v}" for k, v in sorted(replication.items()) if k != "class")
@@ -126,11 +176,33 @@ def check(session: Session, topology: Topology, keyspaces: Iterable[str]) -> lis
     return [compare(ks, live.get(ks), topology) for ks in keyspaces]
 
 
-def alter_statement(drift: Drift, topology: Topology, allowed: Iterable[str]) -> str:
+def refuse_decreases(drifts: Iterable[Drift], allow_decrease: bool = False) -> None:
+    """Raise :class:`ReplicationDecreaseRefused` naming every keyspace whose fix would remove a
+    DC or lower a factor, unless ``allow_decrease``. Check every keyspace before altering any, so
+    that a refusal leaves the cluster as it was."""
+    if allow_decrease:
+        return
+    refused = {d.keyspace: decreases(d) for d in drifts if d.fixable}
+    refused = {ks: what for ks, what in refused.items() if what}
+    if refused:
+        raise ReplicationDecreaseRefused(
+            "refusing to alter replication, nothing was altered: fixing the drift would "
+            + "; ".join(f"{ks}: {', '.join(what)}" for ks, what in refused.items())
+            + ". The replicas removed stop serving reads and their data there is dropped from "
+            "the replication. If the topology is right (a DC retired, a factor lowered on "
+            "purpose), run again with allow_replication_decrease=true; if not, correct the "
+            "topology (the retail_cassandra connection) instead"
+        )
+
+
+def alter_statement(
+    drift: Drift, topology: Topology, allowed: Iterable[str], *, allow_decrease: bool = False
+) -> str:
     """The ``ALTER KEYSPACE`` that brings ``drift.keyspace`` back to the topology.
 
     The keyspace name must be one of ``allowed`` (the platform keyspaces, themselves from the
-    migration files and a constant), and the replication map comes from the topology only.
+    migration files and a constant), and the replication map comes from the topology only. A
+    change that removes a DC or lowers a factor is refused unless ``allow_decrease``.
     """
     if drift.keyspace not in set(allowed):
         raise ReplicationError(
@@ -140,6 +212,7 @@ def alter_statement(drift: Drift, topology: Topology, allowed: Iterable[str]) ->
         raise ReplicationError(
             f"{drift.keyspace}: nothing an ALTER can fix ({'; '.join(drift.differences())})"
         )
+    refuse_decreases([drift], allow_decrease)
     return f'ALTER KEYSPACE "{drift.keyspace}" WITH replication = {topology.replication_cql()}'
 
 
@@ -149,10 +222,13 @@ def fix(
     drift: Drift,
     topology: Topology,
     allowed: Iterable[str],
+    *,
+    allow_decrease: bool = False,
 ) -> str:
     """Alter the keyspace to the topology's replication and wait for schema agreement; returns
-    the statement. The caller must then repair the keyspace (see the module docstring)."""
-    statement = alter_statement(drift, topology, allowed)
+    the statement. The caller must then repair the keyspace (see the module docstring). A
+    change that removes a DC or lowers a factor is refused unless ``allow_decrease``."""
+    statement = alter_statement(drift, topology, allowed, allow_decrease=allow_decrease)
     log.info("fixing replication drift of %s: %s", drift.keyspace, statement)
     session.execute(statement)
     if not cluster.control_connection.wait_for_schema_agreement():
@@ -161,3 +237,11 @@ def fix(
             "every node is up (`retail stack status`) and rerun"
         )
     return statement
+
+
+def live_replication(session: Session, keyspace: str) -> dict[str, str] | None:
+    """One keyspace's replication as the schema has it now (normalized), ``None`` if missing."""
+    row = session.execute(
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [keyspace]
+    ).one()
+    return None if row is None else normalize(dict(row.replication))

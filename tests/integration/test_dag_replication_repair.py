@@ -1,8 +1,12 @@
 """The replication_repair DAG against the live three-DC cluster: drift found (and fixed only when
-allowed), and a replica made stale on purpose reading complete on its own after the repair."""
+allowed; a fix that would remove a DC or lower a factor refused without the explicit param), a
+repair that waits for, then refuses, another holder's lease and runs on retry once it is gone,
+and a replica made stale on purpose reading complete on its own after the repair."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,6 +17,8 @@ from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
 
 from retail.cassandra import connect
+from retail.connections import CASSANDRA_CONN_ID, environment
+from retail.jolokia import STORAGE_SERVICE
 from retail.ops import repair, replication
 from retail.topology import CassandraNode, Topology
 from stack.local import LocalStack, port_taken
@@ -98,6 +104,200 @@ def test_a_table_of_another_keyspace_is_refused_with_a_clear_message(
     assert states["repair"] == "failed" and states["report_repair_state"] == "upstream_failed"
     out = capfd.readouterr()
     assert "table 'orders' is not in keyspace retail_ops" in out.out + out.err + caplog.text
+
+
+def _output(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
+    out = capfd.readouterr()
+    return out.out + out.err + caplog.text
+
+
+def test_a_fix_that_would_lower_a_factor_is_refused_unless_allowed(
+    airflow: None,
+    topology: Topology,
+    admin: Session,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    original = _replication(admin, "retail_ops")
+    wanted = replication.normalize(topology.replication())
+    first = topology.datacenters[0].name
+    # One replica more in the first DC than the topology wants (Cassandra accepts a factor above
+    # the DC's node count with a warning): fixing it to the topology lowers the factor.
+    higher = topology.replication() | {first: topology.datacenters[0].replication_factor + 1}
+    conf = {"keyspace": "retail_ops", "table": "schema_migrations", "subranges": 1}
+    try:
+        _alter(admin, "retail_ops", higher)
+        capfd.readouterr()
+        run = run_dag(DAG_ID, conf | {"fix_drift": True})
+        assert str(run.state) == "failed"
+        states = task_states(run)
+        assert states["check_replication"] == "failed", states
+        assert states["repair"] == "upstream_failed"
+        text = _output(capfd, caplog)
+        lowered = f"retail_ops: lower {first} from RF {higher[first]} to {higher[first] - 1}"
+        assert lowered in text and "allow_replication_decrease=true" in text
+        assert "nothing was altered" in text
+        assert "retail_ops: replication before: NetworkTopologyStrategy" in text
+        assert _replication(admin, "retail_ops") == original | {first: str(higher[first])}
+
+        run = run_dag(DAG_ID, conf | {"fix_drift": True, "allow_replication_decrease": True})
+        assert str(run.state) == "success", task_states(run)
+        check = xcom(run, "check_replication")
+        assert check["keyspaces"]["retail_ops"]["fixed"] is True
+        assert check["keyspaces"]["retail_ops"]["after"] == wanted
+        assert replication.normalize(_replication(admin, "retail_ops")) == wanted
+        text = _output(capfd, caplog)
+        assert "retail_ops: replication altered: before NetworkTopologyStrategy" in text
+    finally:
+        if _replication(admin, "retail_ops") != original:
+            _alter(admin, "retail_ops", original)
+
+
+def test_a_fix_that_would_remove_a_dc_is_refused_and_alters_nothing(
+    airflow: None,
+    topology: Topology,
+    admin: Session,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Cassandra refuses a replication naming a DC it does not have, so the DC to remove is made
+    # the other way round: the DAG's topology (its desired state, from the connection) loses the
+    # last DC, which every platform keyspace still replicates to. A fix would drop its replicas.
+    gone = topology.datacenters[-1].name
+    shrunk = dataclasses.replace(topology, datacenters=topology.datacenters[:-1])
+    var = f"AIRFLOW_CONN_{CASSANDRA_CONN_ID.upper()}"
+    monkeypatch.setenv(var, environment(shrunk)[var])
+    before = {ks: _replication(admin, ks) for ks in ("retail", "retail_ops")}
+    capfd.readouterr()
+    run = run_dag(DAG_ID, {"keyspace": "retail_ops", "fix_drift": True})
+    assert str(run.state) == "failed"
+    assert task_states(run)["check_replication"] == "failed"
+    text = _output(capfd, caplog)
+    for keyspace in before:
+        assert f"{keyspace}: remove DC {gone} (RF 1 there)" in text
+    assert "allow_replication_decrease=true" in text
+    assert {ks: _replication(admin, ks) for ks in before} == before
+
+
+LEASE_HOLDER = "someone-else/manual__nightly/repair"
+
+
+def _release_when_retried(admin: Session, started: datetime, done: threading.Event) -> None:
+    """Delete the other holder's lease once the repair task is up for retry: its first try has
+    waited and given up by then, and its retry must find the lease free."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + 300
+    while not done.is_set() and time.monotonic() < deadline:
+        try:
+            with create_session() as session:
+                waiting = (
+                    session.query(TaskInstance)
+                    .filter(
+                        TaskInstance.dag_id == DAG_ID,
+                        TaskInstance.task_id == "repair",
+                        TaskInstance.state == "up_for_retry",
+                        TaskInstance.start_date >= started,
+                    )
+                    .count()
+                )
+        except OperationalError:  # SQLite busy with the run's own writes: look again
+            waiting = 0
+        if waiting:
+            break
+        time.sleep(0.5)
+    admin.execute(
+        "DELETE FROM retail_ops.repair_lease WHERE keyspace_name = 'retail_ops' IF owner = %s",
+        [LEASE_HOLDER],
+    )
+
+
+def test_a_repair_waits_for_a_lease_another_holds_refuses_naming_it_and_runs_on_retry(
+    airflow: None,
+    admin: Session,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    held_since = datetime.now(UTC).replace(microsecond=0)
+    taken = admin.execute(
+        "INSERT INTO retail_ops.repair_lease (keyspace_name, owner, try_number, acquired_at, "
+        "renewed_at, scope) VALUES ('retail_ops', %s, 1, %s, %s, 'primary_range') "
+        "IF NOT EXISTS USING TTL 600",
+        [LEASE_HOLDER, held_since, held_since],
+    ).one()
+    assert taken.applied, f"a repair lease on retail_ops is already held: {taken}"
+    done = threading.Event()
+    releaser = threading.Thread(
+        target=_release_when_retried, args=(admin, held_since, done), daemon=True
+    )
+    releaser.start()
+    try:
+        capfd.readouterr()
+        conf = {"keyspace": "retail_ops", "table": "schema_migrations", "subranges": 1}
+        run = run_dag(DAG_ID, conf | {"lease_wait_seconds": 4})
+        assert str(run.state) == "success", task_states(run)
+        tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}
+        assert tries["repair"] == 2, tries
+        text = _output(capfd, caplog)
+        assert f"retail_ops: waiting for the repair lease, held by {LEASE_HOLDER}" in text
+        assert f"retail_ops: another repair holds the keyspace: {LEASE_HOLDER}" in text
+        assert f"since {held_since.isoformat(' ')}" in text
+        assert "try 2: checking for repair sessions the failed try left running (none" in text
+        result = xcom(run, "repair")
+        assert result["repaired"]["retail_ops"]["tables"] == ["schema_migrations"]
+        # The retry counted every node's repair sessions through the RepairService MBean.
+        sessions = result["leftovers"]["sessions"]
+        assert len(sessions) == len(admin.cluster.metadata.all_hosts())
+        assert all(isinstance(n, int) for n in sessions.values())
+        # Released at the end, by its owner.
+        left = admin.execute(
+            "SELECT owner FROM retail_ops.repair_lease WHERE keyspace_name = 'retail_ops'"
+        ).one()
+        assert left is None
+    finally:
+        done.set()
+        releaser.join(timeout=10)
+        admin.execute(
+            "DELETE FROM retail_ops.repair_lease WHERE keyspace_name = 'retail_ops' IF EXISTS"
+        )
+
+
+def test_a_retry_waits_for_a_session_left_running_on_a_node(topology: Topology) -> None:
+    """What a retry does first, against a real session: one started over Jolokia as a failed
+    try would have left it, then waited for through its command status and the node counts."""
+    jolokia = repair.Jolokia()
+    try:
+        steps = repair.plan(
+            "retail_ops",
+            repair.live_range_map(jolokia, topology, "retail_ops"),
+            topology,
+            scope="primary_range",
+            tables=["schema_migrations"],
+        )
+        step = steps[0]
+        node = topology.node(step.node)
+        command = jolokia.exec(node, STORAGE_SERVICE, "repairAsync", step.keyspace, step.options())
+        assert command > 0
+        left = repair.InFlight("test/run/repair", 1, "retail_ops", node.name, command, None, "x")
+        lines: list[str] = []
+        found = repair.settle_leftovers(
+            jolokia,
+            topology,
+            left,
+            timeout=120,
+            terminate=False,
+            poll_seconds=0.2,
+            say=lines.append,
+        )
+        assert found["outcome"] in ("completed", "waited: completed"), lines
+        assert repair.command_state(jolokia, node, command) == "COMPLETED"
+        assert set(found["sessions"]) == {n.name for n in topology.nodes}
+        assert lines[0].startswith("repair sessions on the nodes before this retry: ")
+    finally:
+        jolokia.close()
 
 
 def _present(session: Session) -> set[str]:

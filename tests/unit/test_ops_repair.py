@@ -71,6 +71,68 @@ def test_the_alter_comes_from_the_topology_and_only_for_platform_keyspaces() -> 
         replication.alter_statement(evil, DEMO, allowed)
 
 
+# -- rails on replication changes ----------------------------------------------------------------
+
+NTS = "org.apache.cassandra.locator.NetworkTopologyStrategy"
+
+
+def test_a_fix_that_adds_replicas_is_no_decrease() -> None:
+    live = {"class": NTS, "eu-west": "1", "us-east": "1"}
+    drift = replication.compare("retail_ops", live, TOPOLOGY)
+    assert replication.decreases(drift) == []
+    replication.refuse_decreases([drift])  # nothing raised
+    assert replication.alter_statement(drift, TOPOLOGY, ["retail_ops"]).startswith("ALTER")
+
+
+def test_a_fix_that_removes_a_dc_or_lowers_a_factor_is_refused_with_what_and_the_param() -> None:
+    # A DC the topology does not have (retired, or a typo in the topology) and a factor above
+    # the topology's: the fix would drop every replica in "mars" and one in eu-west.
+    live = {"class": NTS, "eu-west": "2", "us-east": "1", "ap-southeast": "1", "mars": "3"}
+    drift = replication.compare("retail", live, TOPOLOGY)
+    assert replication.decreases(drift) == [
+        "lower eu-west from RF 2 to 1",
+        "remove DC mars (RF 3 there)",
+    ]
+    with pytest.raises(replication.ReplicationDecreaseRefused) as err:
+        replication.alter_statement(drift, TOPOLOGY, ["retail"])
+    text = str(err.value)
+    assert "retail: lower eu-west from RF 2 to 1, remove DC mars (RF 3 there)" in text
+    assert "allow_replication_decrease=true" in text and "nothing was altered" in text
+    assert replication.alter_statement(drift, TOPOLOGY, ["retail"], allow_decrease=True) == (
+        "ALTER KEYSPACE \"retail\" WITH replication = {'class': 'NetworkTopologyStrategy', "
+        "'eu-west': 1, 'us-east': 1, 'ap-southeast': 1}"
+    )
+
+
+def test_every_keyspace_is_checked_before_any_is_altered() -> None:
+    fine = replication.compare("retail", {"class": NTS, "eu-west": "1"}, TOPOLOGY)
+    lowered = replication.compare("retail_ops", dict(DEMO.replication()), TOPOLOGY)
+    missing = replication.compare("system_auth", None, TOPOLOGY)
+    with pytest.raises(replication.ReplicationDecreaseRefused) as err:
+        replication.refuse_decreases([fine, lowered, missing])
+    text = str(err.value)
+    assert "retail_ops: lower ap-southeast from RF 2 to 1, lower eu-west" in text
+    assert "retail:" not in text and "system_auth" not in text
+    replication.refuse_decreases([fine, lowered, missing], allow_decrease=True)
+
+
+def test_from_simple_strategy_only_fewer_replicas_in_total_is_a_decrease() -> None:
+    simple = "org.apache.cassandra.locator.SimpleStrategy"
+    # Cassandra's default for system_auth: one replica somewhere; the topology wants one per DC.
+    one = replication.compare("system_auth", {"class": simple, "replication_factor": 1}, TOPOLOGY)
+    assert replication.decreases(one) == []
+    five = replication.compare("system_auth", {"class": simple, "replication_factor": 5}, TOPOLOGY)
+    assert replication.decreases(five) == [
+        "lower the replicas from 5 (SimpleStrategy) to 3 in total"
+    ]
+
+
+def test_a_transient_factor_counts_its_full_replicas() -> None:
+    live = {"class": NTS, "eu-west": "3/1", "us-east": "1", "ap-southeast": "1"}
+    drift = replication.compare("retail", live, TOPOLOGY)
+    assert replication.decreases(drift) == ["lower eu-west from RF 3/1 to 1"]
+
+
 # -- token ranges -------------------------------------------------------------------------------
 
 
