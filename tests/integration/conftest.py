@@ -28,6 +28,15 @@ RETAIL = [sys.executable, "-m", "retail.cli"]
 EXPECTED_ERRORS = [
     # A node killed with SIGKILL by the failover test: its peers log the broken connections.
     re.compile(r"Connection reset by peer|Broken pipe|Connection refused"),
+    # Cassandra 5.0's own leak detector (Ref.java, thread Reference-Reaper) when the garbage
+    # collector finds a reader of a Paxos uncommitted-state file (`system/_paxos_repair_state/
+    # <keyspace>-<table>-<id>-<n>.paxos`, the tracker behind the LWTs of the migration lock)
+    # that Cassandra did not close; the reaper closes it. Seen once in a fresh-clone CI run, at
+    # GC time, with every test passing; nothing of ours holds those files.
+    re.compile(
+        r"LEAK DETECTED: a reference \(class \S+ChannelProxy\$Cleanup@\d+:\S+"
+        r"/_paxos_repair_state/\S+\.paxos\)"
+    ),
 ]
 
 
