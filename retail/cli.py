@@ -169,6 +169,9 @@ def migrate(
         bool, typer.Option(help="List what would be applied; change nothing.")
     ] = False,
     dc: Annotated[str | None, typer.Option(help="Data center to connect through.")] = None,
+    allow_replication_decrease: Annotated[
+        bool, typer.Option(help="Allow removing a DC or lowering a replication factor.")
+    ] = False,
 ) -> None:
     """Apply the versioned CQL migrations in include/cql (the code the schema_migrations DAG
     runs): in order, each recorded with its checksum, under a cluster-wide lock."""
@@ -184,6 +187,7 @@ def migrate(
             session,
             topology,
             dry_run=dry_run,
+            allow_replication_decrease=allow_replication_decrease,
             on_statement=lambda m, stmt: console.print(
                 f"[dim]{m.path.name}[/] {stmt.splitlines()[0][:90]}"
             ),
