@@ -19,7 +19,7 @@ from cassandra.cluster import Session
 from retail.cassandra import connect
 from retail.connections import CASSANDRA_CONN_ID, environment
 from retail.jolokia import STORAGE_SERVICE
-from retail.ops import repair, replication
+from retail.ops import repair, repair_lease, replication
 from retail.topology import CassandraNode, Topology
 from stack.local import LocalStack, port_taken
 from tests.integration import prom
@@ -281,9 +281,11 @@ def test_a_retry_waits_for_a_session_left_running_on_a_node(topology: Topology) 
         node = topology.node(step.node)
         command = jolokia.exec(node, STORAGE_SERVICE, "repairAsync", step.keyspace, step.options())
         assert command > 0
-        left = repair.InFlight("test/run/repair", 1, "retail_ops", node.name, command, None, "x")
+        left = repair_lease.InFlight(
+            "test/run/repair", 1, "retail_ops", node.name, command, None, "x"
+        )
         lines: list[str] = []
-        found = repair.settle_leftovers(
+        found = repair_lease.settle_leftovers(
             jolokia,
             topology,
             left,
@@ -293,7 +295,7 @@ def test_a_retry_waits_for_a_session_left_running_on_a_node(topology: Topology) 
             say=lines.append,
         )
         assert found["outcome"] in ("completed", "waited: completed"), lines
-        assert repair.command_state(jolokia, node, command) == "COMPLETED"
+        assert repair_lease.command_state(jolokia, node, command) == "COMPLETED"
         assert set(found["sessions"]) == {n.name for n in topology.nodes}
         assert lines[0].startswith("repair sessions on the nodes before this retry: ")
     finally:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from cassandra import OperationTimedOut
 
-from retail.ops import repair
-from retail.ops.repair import (
+from retail.ops import repair, repair_lease
+from retail.ops.repair import RepairError, RepairStep, TokenRange
+from retail.ops.repair_lease import (
     FREE,
     MINE,
     TAKE_OVER,
@@ -23,9 +24,6 @@ from retail.ops.repair import (
     InFlight,
     LeaseHeld,
     LeaseLost,
-    RepairError,
-    RepairStep,
-    TokenRange,
 )
 from retail.topology import build_topology
 
@@ -114,8 +112,8 @@ class MemoryLeases:
 
 def _lease(
     store: MemoryLeases, claim: Claim, clock: Clock, lines: list[str], wait: float = 60
-) -> repair.Lease:
-    return repair.Lease(
+) -> repair_lease.Lease:
+    return repair_lease.Lease(
         store,  # type: ignore[arg-type]
         "retail",
         claim,
@@ -135,13 +133,13 @@ def _lease(
 
 def test_decide_free_mine_take_over_and_wait() -> None:
     me = Claim(RUN, 2)
-    assert repair.decide(me, None) == FREE
-    assert repair.decide(me, Holder(RUN, 2, T0, T0, "primary_range")) == MINE
+    assert repair_lease.decide(me, None) == FREE
+    assert repair_lease.decide(me, Holder(RUN, 2, T0, T0, "primary_range")) == MINE
     # The earlier try of this task instance is over (Airflow runs one try at a time).
-    assert repair.decide(me, Holder(RUN, 1, T0, T0, "primary_range")) == TAKE_OVER
-    assert repair.decide(me, Holder(OTHER, 1, T0, T0, "primary_range")) == WAIT
+    assert repair_lease.decide(me, Holder(RUN, 1, T0, T0, "primary_range")) == TAKE_OVER
+    assert repair_lease.decide(me, Holder(OTHER, 1, T0, T0, "primary_range")) == WAIT
     # A later try holds it: this try is a zombie and must not take it back.
-    assert repair.decide(me, Holder(RUN, 3, T0, T0, "primary_range")) == WAIT
+    assert repair_lease.decide(me, Holder(RUN, 3, T0, T0, "primary_range")) == WAIT
 
 
 def test_the_owner_is_the_task_instance_and_the_try_is_kept_apart() -> None:
@@ -275,7 +273,7 @@ def test_the_heartbeat_thread_renews_in_real_time() -> None:
     clock = time.monotonic
     store = MemoryLeases(Clock(), ttl=1)
     store.clock = clock  # type: ignore[assignment]
-    lease = repair.Lease(
+    lease = repair_lease.Lease(
         store,  # type: ignore[arg-type]
         "retail",
         Claim(RUN, 1),
@@ -307,7 +305,7 @@ def test_a_take_over_that_keeps_failing_is_still_bounded() -> None:
 def test_the_heartbeat_gives_the_lease_up_when_renewals_keep_failing() -> None:
     store = MemoryLeases(Clock(), ttl=1)
     store.clock = time.monotonic  # type: ignore[assignment]
-    lease = repair.Lease(
+    lease = repair_lease.Lease(
         store,  # type: ignore[arg-type]
         "retail",
         Claim(RUN, 1),
@@ -377,7 +375,7 @@ LEFT = InFlight(RUN, 1, "retail", "us-east-1", 42, T0, "us-east-1: retail subran
 def _settle(jolokia: ScriptedJolokia, left: InFlight | None, **kwargs: Any) -> dict[str, Any]:
     clock = Clock()
     lines: list[str] = []
-    found = repair.settle_leftovers(
+    found = repair_lease.settle_leftovers(
         jolokia,  # type: ignore[arg-type]
         TOPOLOGY,
         left,

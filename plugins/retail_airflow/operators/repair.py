@@ -18,7 +18,7 @@ from retail.connections import CASSANDRA_CONN_ID, STATSD_CONN_ID
 from retail.errors import ConfigError
 from retail.metrics import Metrics
 from retail.migrations import OPS_KEYSPACE
-from retail.ops import repair, replication
+from retail.ops import repair, repair_lease, replication
 from retail.ops.repair import RepairError, RepairRefused
 from retail.topology import Topology
 from retail_airflow.hooks import RetailCassandraHook, RetailStatsdHook
@@ -31,8 +31,8 @@ OPS_TABLES = ("repair_history", "repair_lease", "repair_inflight")
 
 @dataclass(frozen=True)
 class _Stores:
-    leases: repair.LeaseStore
-    inflight: repair.InFlightStore
+    leases: repair_lease.LeaseStore
+    inflight: repair_lease.InFlightStore
 
 
 class ReplicationCheckOperator(BaseOperator):
@@ -267,7 +267,7 @@ class RepairOperator(BaseOperator):
             context["ti"].xcom_pull(task_ids=self.check_task_id) if self.check_task_id else None
         ) or {}
         targets = self._targets(list(check.get("repair_needed", [])))
-        claim = repair.Claim.of(context)
+        claim = repair_lease.Claim.of(context)
         run_id = str(context.get("run_id", ""))
         result: dict[str, Any] = {}
         repaired: dict[str, Any] = {}
@@ -283,7 +283,9 @@ class RepairOperator(BaseOperator):
                         f"{', '.join(f'{OPS_KEYSPACE}.{t}' for t in missing)} missing: run the "
                         "schema_migrations DAG first, then this one again"
                     )
-                store = _Stores(repair.LeaseStore(session), repair.InFlightStore(session))
+                store = _Stores(
+                    repair_lease.LeaseStore(session), repair_lease.InFlightStore(session)
+                )
                 if claim.try_number > 1:
                     result["leftovers"] = self._settle(jolokia, topology, store, claim)
                 for target in targets:
@@ -314,7 +316,7 @@ class RepairOperator(BaseOperator):
         jolokia: repair.Jolokia,
         topology: Topology,
         store: _Stores,
-        claim: repair.Claim,
+        claim: repair_lease.Claim,
     ) -> dict[str, Any]:
         """What the earlier tries left running, waited for (or terminated) before any new
         session; under the keyspace's lease when a session is known to be left."""
@@ -327,7 +329,7 @@ class RepairOperator(BaseOperator):
             f"it had started #{left.command} on {left.node}: {left.what}" if left else "none known",
         )
         settle = functools.partial(
-            repair.settle_leftovers,
+            repair_lease.settle_leftovers,
             jolokia,
             topology,
             timeout=self.leftover_timeout,
@@ -346,10 +348,10 @@ class RepairOperator(BaseOperator):
         return found
 
     def _lease(
-        self, store: _Stores, keyspace: str, claim: repair.Claim, scope: str
-    ) -> repair.Lease:
+        self, store: _Stores, keyspace: str, claim: repair_lease.Claim, scope: str
+    ) -> repair_lease.Lease:
         assert isinstance(self.lease_wait_seconds, int)
-        return repair.Lease(
+        return repair_lease.Lease(
             store.leases,
             keyspace,
             claim,
@@ -368,7 +370,7 @@ class RepairOperator(BaseOperator):
         metrics: Metrics,
         target: _Target,
         run_id: str,
-        claim: repair.Claim,
+        claim: repair_lease.Claim,
     ) -> dict[str, Any]:
         ks = target.keyspace
         assert isinstance(self.subranges, int)
@@ -470,7 +472,7 @@ class RepairOperator(BaseOperator):
         self,
         jolokia: repair.Jolokia,
         topology: Topology,
-        lease: repair.Lease,
+        lease: repair_lease.Lease,
         running: list[tuple[str, int]],
     ) -> None:
         """Release the lease, unless a session this try started may still be running (a step
@@ -480,7 +482,7 @@ class RepairOperator(BaseOperator):
         if running:
             node, command = running[0]
             try:
-                state = repair.command_state(jolokia, topology.node(node), command)
+                state = repair_lease.command_state(jolokia, topology.node(node), command)
             except RepairError:
                 state = "UNKNOWN (the node did not answer)"
             if state == "IN_PROGRESS" or state.startswith("UNKNOWN ("):
