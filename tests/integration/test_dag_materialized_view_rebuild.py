@@ -1,5 +1,6 @@
 """The materialized_view_rebuild DAG against the live cluster: a consistent view and exact
-rollups are left alone; a corrupted rollup and a dropped view are rebuilt."""
+rollups are left alone; the view audit rotates over the ring; a corrupted rollup and a dropped
+view are rebuilt; a retried rebuild keeps the view its first try recreated."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from retail.catalog import catalog
 from retail.events import Event, InventoryMovement, Order
 from retail.generator import StreamGenerator
 from retail.metrics import MemoryMetrics
+from retail.ops import views
 from retail.rows import TABLES, Position, stock_level
 from retail.topology import Topology
 from streaming.sink import CassandraSink
@@ -31,6 +33,7 @@ N = 400
 def _truncate(session: Session) -> None:
     for table in TABLES:
         session.execute(f"TRUNCATE retail.{table}", timeout=60)
+    session.execute(f"TRUNCATE {views.CURSOR_TABLE}", timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +164,49 @@ def test_a_consistent_view_and_exact_rollups_are_left_alone(
         0,
     )
     assert audit["sampled_base"] > 0 and audit["sampled_view"] > 0
+    # The table is smaller than one run's budget: the run audits the whole ring each way.
+    assert {r: audit["rings"][r]["covered_this_run"] for r in ("base", "view")} == {
+        "base": 1.0,
+        "view": 1.0,
+    }
+    assert audit["sampled_view"] == n_orders
     assert audit["build_status"] == {n.name: "SUCCESS" for n in topology.nodes}
     tables = xcom(run, "fix_rollups")["tables"]
     assert {t: (r["buckets_checked"], r["buckets_corrected"]) for t, r in tables.items()} == {
         t: (len(expected[t]), 0) for t in expected
     }
     assert stored_rollups(session) == expected
+
+
+def test_the_view_audit_goes_round_the_ring_in_bounded_slices(
+    db: tuple[Cluster, Session], events: list[Event]
+) -> None:
+    _, session = db
+    session.execute(f"TRUNCATE {views.CURSOR_TABLE}", timeout=60)
+    n_orders = sum(isinstance(e, Order) for e in events)
+    budget = n_orders // 2 + 1  # orders are partitions of one row: exactly this many a run
+    conf = {"view": VIEW.name, "rebuild": "never", "audit_rows": budget, "fix_rollups": False}
+
+    first = xcom(run_dag("materialized_view_rebuild", conf), "audit_views")
+    second = xcom(run_dag("materialized_view_rebuild", conf), "audit_views")
+
+    a, b = first[VIEW.name]["rings"]["base"], second[VIEW.name]["rings"]["base"]
+    assert (a["rows_read"], a["passes"], a["passes_completed_this_run"]) == (budget, 0, 0)
+    assert 0 < a["covered_this_run"] < 1 and a["pass_covered"] == a["covered_this_run"]
+    # The second run goes on where the first stopped, ends the pass and starts the next one.
+    assert b["start_token"] == a["next_token"]
+    assert (b["rows_read"], b["passes"], b["passes_completed_this_run"]) == (budget, 1, 1)
+    assert first[VIEW.name]["rings"]["view"]["covered_this_run"] < 1
+    assert second[VIEW.name]["rings"]["view"]["passes"] == 1
+    assert first[VIEW.name]["consistent"] and second[VIEW.name]["consistent"]
+    stored = {
+        r.ring: r.next_token
+        for r in session.execute(
+            f"SELECT ring, next_token FROM {views.CURSOR_TABLE} WHERE view_name = %s",
+            (VIEW.name,),
+        )
+    }
+    assert stored["base"] == b["next_token"]
 
 
 def test_a_corrupted_rollup_and_a_dropped_view_are_rebuilt(
@@ -200,7 +240,7 @@ def test_a_corrupted_rollup_and_a_dropped_view_are_rebuilt(
     audit = xcom(run, "audit_views")[VIEW.name]
     assert (audit["exists"], audit["consistent"]) == (False, False)
     rebuilt = xcom(run, "rebuild_views")
-    assert rebuilt["rebuilt"] == [VIEW.name]
+    assert (rebuilt["rebuilt"], rebuilt["kept"]) == ([VIEW.name], [])
     after = rebuilt["audits"][VIEW.name]
     assert after["consistent"] is True and after["not_built"] == []
 
@@ -243,3 +283,45 @@ def test_a_corrupted_rollup_and_a_dropped_view_are_rebuilt(
     )
     assert {r.order_id for r in rows} == by_customer[customer]
     assert len(by_customer[customer]) > 1
+
+
+def view_id(session: Session) -> object:
+    return session.execute(
+        "SELECT id FROM system_schema.views WHERE keyspace_name = 'retail' AND view_name = %s",
+        (VIEW.name,),
+    ).one()[0]
+
+
+def test_a_retried_rebuild_does_not_drop_the_view_its_first_try_recreated(
+    db: tuple[Cluster, Session], events: list[Event], topology: Topology
+) -> None:
+    cluster, session = db
+    _ensure_view(cluster, session)
+    before = view_id(session)
+    # No time for the build: the first try recreates the view, then fails its deadline.
+    conf = {"view": VIEW.name, "rebuild": "always", "build_timeout": 0, "fix_rollups": False}
+
+    run = run_dag("materialized_view_rebuild", conf)
+
+    assert str(run.state) == "success", task_states(run)
+    tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}
+    assert tries["rebuild_views"] == 2, tries
+    recorded = session.execute(
+        f"SELECT view_id, try_number FROM {views.REBUILD_TABLE} "
+        "WHERE view_name = %s AND run_id = %s",
+        (VIEW.name, run.run_id),
+    ).one()
+    # The view now is the one the first try created: the second try did not drop it again.
+    assert recorded.try_number == 1
+    assert view_id(session) == recorded.view_id != before
+    rebuilt = xcom(run, "rebuild_views")
+    assert rebuilt["kept"] == [VIEW.name]
+    assert rebuilt["view_ids"] == {VIEW.name: str(recorded.view_id)}
+    after = rebuilt["audits"][VIEW.name]
+    n_orders = sum(isinstance(e, Order) for e in events)
+    assert (after["consistent"], after["base_rows"], after["view_rows"]) == (
+        True,
+        n_orders,
+        n_orders,
+    )
+    assert built_on(cluster, session) == {n.address: "SUCCESS" for n in topology.nodes}
