@@ -23,16 +23,14 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from pipeline import drain, fresh_topics, log, run_consumers, truncate
+from pipeline import drain, fresh_topics, log, ready_stack, run_consumers, truncate
 
-from retail import migrations
 from retail.cassandra import connect
 from retail.generator import StreamGenerator
 from retail.ops import audit
 from retail.producer import EventProducer, records_from_events
 from retail.settings import get_settings
-from retail.topology import Topology, profile_topology
-from stack.local import LocalStack
+from retail.topology import Topology
 
 TARGET_RATIO = 1.2  # per-event cost of the large window over the small one
 
@@ -80,13 +78,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    stack = LocalStack()
-    topology = stack.saved_topology()
-    if topology is None or not stack.running(topology):
-        log("starting the local test stack")
-        topology = stack.up(profile_topology("test"))
-    cluster, session = connect(topology, topology.datacenters[0].name)
-    migrations.migrate(cluster, session, topology)
+    topology, cluster, session = ready_stack()
     truncate(session)
     home = get_settings().state_dir / "bench" / time.strftime("audit-%Y%m%d-%H%M%S")
     home.mkdir(parents=True)

@@ -61,6 +61,19 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def ready_stack() -> tuple[Topology, object, object]:
+    """The running local stack (the test profile started if none runs), migrated: its
+    topology, and a cluster and session on its first DC."""
+    stack = LocalStack()
+    topology = stack.saved_topology()
+    if topology is None or not stack.running(topology):
+        log("starting the local test stack")
+        topology = stack.up(profile_topology("test"))
+    cluster, session = connect(topology, topology.datacenters[0].name)
+    migrations.migrate(cluster, session, topology)
+    return topology, cluster, session
+
+
 def truncate(session) -> None:
     for table in TABLES:
         session.execute(f"TRUNCATE retail.{table}", timeout=120)
@@ -285,13 +298,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    stack = LocalStack()
-    topology = stack.saved_topology()
-    if topology is None or not stack.running(topology):
-        log("starting the local test stack")
-        topology = stack.up(profile_topology("test"))
-    cluster, session = connect(topology, topology.datacenters[0].name)
-    migrations.migrate(cluster, session, topology)
+    topology, cluster, session = ready_stack()
     home = get_settings().state_dir / "bench" / time.strftime("%Y%m%d-%H%M%S")
     home.mkdir(parents=True)
     gen = StreamGenerator(seed=2026, start=datetime.now(UTC) - timedelta(hours=1))
