@@ -11,7 +11,7 @@ to agree at the end of the file, and before a statement that names an object (ke
 type, view, index) that an earlier statement of the file changed since the last agreement: a
 ``CREATE TYPE`` before the table using it, a ``CREATE TABLE`` before a view on it, a ``DROP``
 before the ``CREATE`` of the same name (:func:`agreement_groups`). The driver's own wait after
-every DDL answer is switched off for the run; it was most of the time the runner took.
+every DDL answer is switched off for the run: it put an agreement after every statement.
 
 **Replication rails.** Before anything is executed, every ``CREATE``/``ALTER KEYSPACE`` the run
 would send (rendered from the topology) is compared with the live replication; the task log

@@ -330,6 +330,21 @@ def test_a_run_waits_once_per_group_on_one_coordinator_without_the_drivers_wait(
     assert session.lock_owner is None  # released
 
 
+def test_a_file_is_recorded_only_once_an_agreement_covers_its_statements(tmp_path: Path) -> None:
+    cluster, session = fresh_cluster()
+    migrations.migrate(cluster, session, TOPOLOGY, directory=write(tmp_path, FILES))
+    texts = [text for text, _, _ in session.sent]
+    lasts = {1: "CREATE KEYSPACE IF NOT EXISTS shop", 2: "CREATE TABLE IF NOT EXISTS shop.stock"}
+    for version, last in lasts.items():
+        sent = max(i for i, t in enumerate(texts) if t.startswith(last))
+        recorded = next(
+            i
+            for i, (t, params, _) in enumerate(session.sent)
+            if "INTO retail_ops.schema_migrations" in t and params[0] == version
+        )
+        assert any(sent < agreed <= recorded for agreed in cluster.agreements), version
+
+
 def test_nothing_pending_sends_no_ddl_and_waits_for_nothing(tmp_path: Path) -> None:
     cluster, session = fresh_cluster()
     directory = write(tmp_path, FILES)
