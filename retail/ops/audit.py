@@ -14,12 +14,13 @@ still audited, in the window its offset falls in. Every message of the range is 
   header or topic disagrees with its body (:func:`retail.kafka.misrouted`), it arrived unrouted,
   or it tries to move an id to another store (a conflict: :mod:`retail.aggregates`).
 
-**Cost.** The audit reads each touched store-day partition once per chunk of messages with a
-range read bounded by the chunk's event times, and compares sets; it reads single rows (the id's
-stored version) only for the events whose day row is not there, to tell a loss from a resend or
-a conflict and to name it. A partition of Kafka is read in chunks of :data:`CHUNK` messages, so
-memory does not grow with the window. A store's events share a Kafka partition (the key is the
-store), so a store-day is read about once per window however many events it holds.
+**Cost.** Every partition of the window is assigned at once and its messages are judged in
+chunks of :data:`CHUNK`, so memory does not grow with the window. Within a chunk each touched
+store-day partition is read once, with a range read bounded by the chunk's earliest and latest
+event time there, and compared as a set; single rows (the id's stored version) are read only for
+the events whose day row is not there, to tell a loss from a resend or a conflict and to name
+it. A store's events arrive in order of their offsets, so consecutive chunks read consecutive
+stretches of a store-day: the rows read stay close to the events audited.
 
 Only what the responsible consumer group says it has done is judged: a message at or past the
 group's committed offset is *pending* (not yet consumed), counted and reported, never called
@@ -206,37 +207,6 @@ def _consumer(bootstrap: str, group: str) -> Consumer:
     )
 
 
-def read_range(
-    consumer: Consumer,
-    topic: str,
-    partition: int,
-    start: int,
-    end: int,
-    timeout: float,
-) -> Iterable[Message]:
-    """The messages at offsets [start, end) of one partition."""
-    if end <= start:
-        return
-    consumer.assign([TopicPartition(topic, partition, start)])
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if time.monotonic() > deadline:
-                raise AuditError(
-                    f"{topic}[{partition}]: offsets {start}..{end} not read within {timeout:.0f}s"
-                )
-            for msg in consumer.consume(1000, 1.0):
-                if msg.error() is not None:
-                    continue  # partition EOF; a real error shows up as the deadline
-                if msg.offset() >= end:
-                    return
-                yield msg
-                if msg.offset() >= end - 1:
-                    return
-    finally:
-        consumer.unassign()
-
-
 def _offsets_at(
     consumer: Consumer, topic: str, partitions: list[int], ms: int, timeout: float
 ) -> dict[int, int]:
@@ -264,6 +234,42 @@ class Span:
     end: int
 
 
+def read_spans(consumer: Consumer, spans: Sequence[Span], idle: float) -> Iterator[Message]:
+    """The messages of every span, all partitions assigned at once (a partition read after
+    another waits for a fetch each: seconds per window for nothing). A partition is paused at
+    its span's end, so a live stream past the window is not fetched. Raises when nothing
+    arrives for ``idle`` seconds while a span is unfinished."""
+    ends = {(s.topic, s.partition): s.end for s in spans if s.end > s.start}
+    if not ends:
+        return
+    consumer.assign(
+        [TopicPartition(s.topic, s.partition, s.start) for s in spans if s.end > s.start]
+    )
+    last = time.monotonic()
+    try:
+        while ends:
+            batch = consumer.consume(1000, 1.0)
+            now = time.monotonic()
+            if batch:
+                last = now
+            elif now - last > idle:
+                left = ", ".join(f"{t}[{p}] to {e}" for (t, p), e in sorted(ends.items())[:5])
+                raise AuditError(f"nothing read for {idle:.0f}s; still to read: {left} ...")
+            for msg in batch:
+                if msg.error() is not None:
+                    continue  # partition EOF; a real error shows up as the idle timeout
+                key = (msg.topic(), msg.partition())
+                end = ends.get(key)
+                if end is None or msg.offset() >= end:
+                    continue  # past its span (fetched with the last batch)
+                yield msg
+                if msg.offset() >= end - 1:
+                    del ends[key]
+                    consumer.pause([TopicPartition(*key)])
+    finally:
+        consumer.unassign()
+
+
 def window_spans(
     consumer: Consumer, audited: Sequence[str], start_ms: int, end_ms: int
 ) -> list[Span]:
@@ -285,12 +291,13 @@ def window_spans(
     return spans
 
 
-def judged(consumer: Consumer, span: Span, topics: Topics, timeout: float) -> Iterator[Seen]:
-    """Every message of ``span``, judged as the consumers judge it."""
-    for msg in read_range(consumer, span.topic, span.partition, span.start, span.end, timeout):
+def judged(messages: Iterable[Message], topics: Topics) -> Iterator[Seen]:
+    """Every message, judged as the consumers judge it."""
+    for msg in messages:
+        topic = msg.topic() or ""
         header = conv.header(msg.headers(), conv.REGION_HEADER)
-        event, reason = judge(span.topic, header, msg.value() or b"", topics)
-        yield Seen(span.topic, span.partition, msg.offset(), event, reason)
+        event, reason = judge(topic, header, msg.value() or b"", topics)
+        yield Seen(topic, msg.partition() or 0, msg.offset() or 0, event, reason)
 
 
 def chunks(items: Iterable[Seen], size: int) -> Iterator[list[Seen]]:
@@ -318,14 +325,21 @@ def read_dead_letter_origins(
         meta = consumer.list_topics(deadletter, timeout=10)
         parts = sorted(meta.topics[deadletter].partitions) if deadletter in meta.topics else []
         first = _offsets_at(consumer, deadletter, parts, since_ms, 10) if parts else {}
-        for p in parts:
-            _, high = consumer.get_watermark_offsets(TopicPartition(deadletter, p), timeout=10)
-            for msg in read_range(consumer, deadletter, p, first[p], high, timeout):
-                topic = conv.header(msg.headers(), conv.DLQ_ORIGIN_TOPIC)
-                part = conv.header(msg.headers(), conv.DLQ_ORIGIN_PARTITION)
-                offset = conv.header(msg.headers(), conv.DLQ_ORIGIN_OFFSET)
-                if topic and part and offset and part.isdigit() and offset.isdigit():
-                    origins.add((topic, int(part), int(offset)))
+        spans = [
+            Span(
+                deadletter,
+                p,
+                first[p],
+                consumer.get_watermark_offsets(TopicPartition(deadletter, p), timeout=10)[1],
+            )
+            for p in parts
+        ]
+        for msg in read_spans(consumer, spans, timeout):
+            topic = conv.header(msg.headers(), conv.DLQ_ORIGIN_TOPIC)
+            part = conv.header(msg.headers(), conv.DLQ_ORIGIN_PARTITION)
+            offset = conv.header(msg.headers(), conv.DLQ_ORIGIN_OFFSET)
+            if topic and part and offset and part.isdigit() and offset.isdigit():
+                origins.add((topic, int(part), int(offset)))
     finally:
         consumer.close()
     return origins
@@ -428,21 +442,15 @@ def audit(
         spans = [s for s in window_spans(consumer, audited, start_ms, end_ms) if s.end > s.start]
         total = sum(s.end - s.start for s in spans)
         progress(f"{total} messages in {len(spans)} partitions of {len(audited)} topics")
-        groups = sorted({responsible_group(Seen(s.topic, 0, 0, None, None), topics) for s in spans})
+        groups = sorted({group_of(s.topic, topics) for s in spans})
         parts = sorted({(s.topic, s.partition) for s in spans})
         committed = committed_offsets(bootstrap, groups, parts) if parts else {}
-        origins = (
-            read_dead_letter_origins(bootstrap, topics.deadletter, start_ms) if spans else set()
-        )
+        origins = read_dead_letter_origins(bootstrap, topics.deadletter, start_ms)
         done = 0
-        for span in spans:
-            for batch in chunks(judged(consumer, span, topics, timeout), chunk):
-                _check(batch, report, topics, sessions, committed, origins)
-                done += len(batch)
-            progress(
-                f"{span.topic}[{span.partition}] offsets {span.start}..{span.end - 1} checked "
-                f"({done}/{total} messages, {report.missing} lost so far)"
-            )
+        for batch in chunks(judged(read_spans(consumer, spans, timeout), topics), chunk):
+            _check(batch, report, topics, sessions, committed, origins)
+            done += len(batch)
+            progress(f"{done}/{total} messages checked, {report.missing} lost so far")
     finally:
         consumer.close()
     return report
