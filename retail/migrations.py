@@ -195,8 +195,6 @@ _KEYSPACE_REPLICATION = re.compile(
 )
 _DROP_KEYSPACE = re.compile(rf"^DROP\s+KEYSPACE\s+(?:IF\s+EXISTS\s+)?({_IDENT})", re.IGNORECASE)
 _OPTION = re.compile(r"'([^']*)'\s*:\s*(?:'([^']*)'|([\w./]+))")
-_NTS = "NetworkTopologyStrategy"
-_SIMPLE = "SimpleStrategy"
 
 
 def _keyspace_name(text: str) -> str:
@@ -211,54 +209,6 @@ def keyspace_replication(statement: str) -> tuple[str, str, dict[str, str]] | No
         return None
     options = {key: quoted or bare for key, quoted, bare in _OPTION.findall(match.group(3))}
     return match.group(1).upper(), _keyspace_name(match.group(2)), replication.normalize(options)
-
-
-def _factor(value: str) -> int:
-    """``'3'`` or a transient ``'3/1'``: the number of full and transient replicas."""
-    return int(value.split("/")[0])
-
-
-def _factors(replication_map: Mapping[str, str], dcs: Iterable[str]) -> dict[str, int]:
-    """Replication factor per DC; NetworkTopologyStrategy's ``replication_factor`` shorthand
-    gives every DC (of ``dcs``) not named that factor, as Cassandra expands it."""
-    out = {
-        k: _factor(v)
-        for k, v in replication_map.items()
-        if k not in ("class", "replication_factor")
-    }
-    if "replication_factor" in replication_map:
-        for dc in dcs:
-            out.setdefault(dc, _factor(replication_map["replication_factor"]))
-    return out
-
-
-def replication_decreases(before: Mapping[str, str] | None, after: Mapping[str, str]) -> list[str]:
-    """What the change from ``before`` to ``after`` (normalized maps) takes away, one phrase
-    each: a DC removed, a replication factor lowered, or fewer replicas in all across a change
-    of strategy. Empty for a new keyspace or a change that keeps or adds replicas."""
-    if before is None:
-        return []
-    old_class, new_class = before.get("class"), after.get("class")
-    if old_class == new_class == _NTS:
-        old = _factors(before, ())
-        new = _factors(after, old)
-        found = []
-        for dc in sorted(old):
-            if new.get(dc, 0) < old[dc]:
-                gone = " (DC removed)" if new.get(dc, 0) == 0 else ""
-                found.append(f"{dc}: RF {old[dc]} -> {new.get(dc, 0)}{gone}")
-        return found
-    if old_class == _SIMPLE and new_class in (_SIMPLE, _NTS):
-        old_total = _factor(before.get("replication_factor", "0"))
-        new_total = (
-            sum(_factors(after, ()).values())
-            if new_class == _NTS
-            else _factor(after.get("replication_factor", "0"))
-        )
-        if new_total < old_total:
-            return [f"{new_total} replicas in all, {old_total} before"]
-        return []
-    return [f"strategy {old_class} -> {new_class}: placement per DC cannot be compared"]
 
 
 def render_replication(replication_map: Mapping[str, str] | None) -> str:
@@ -281,7 +231,7 @@ class ReplicationChange:
 
     @property
     def decreases(self) -> list[str]:
-        return replication_decreases(self.before, self.after)
+        return replication.replication_decreases(self.before, self.after)
 
     def describe(self) -> str:
         return (

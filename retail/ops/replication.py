@@ -42,6 +42,9 @@ from retail.topology import Topology
 
 log = logging.getLogger(__name__)
 
+_NTS = "NetworkTopologyStrategy"
+_SIMPLE = "SimpleStrategy"
+
 SYSTEM_KEYSPACES = ("system_auth", "system_distributed")
 _STRATEGY_PREFIX = "org.apache.cassandra.locator."
 
@@ -113,38 +116,59 @@ class Drift:
 
 
 def _factor(value: str) -> int:
-    """A replication factor as a number of full replicas: ``"3"`` -> 3, and a transient
-    replication's ``"3/1"`` (3 replicas, 1 of them transient) -> 3."""
-    return int(str(value).split("/", 1)[0])
+    """``'3'`` or a transient ``'3/1'``: the number of full and transient replicas."""
+    return int(value.split("/")[0])
+
+
+def _factors(replication_map: Mapping[str, str], dcs: Iterable[str]) -> dict[str, int]:
+    """Replication factor per DC; NetworkTopologyStrategy's ``replication_factor`` shorthand
+    gives every DC (of ``dcs``) not named that factor, as Cassandra expands it."""
+    out = {
+        k: _factor(v)
+        for k, v in replication_map.items()
+        if k not in ("class", "replication_factor")
+    }
+    if "replication_factor" in replication_map:
+        for dc in dcs:
+            out.setdefault(dc, _factor(replication_map["replication_factor"]))
+    return out
+
+
+def replication_decreases(before: Mapping[str, str] | None, after: Mapping[str, str]) -> list[str]:
+    """What the change from ``before`` to ``after`` (normalized maps) takes away, one phrase
+    each: a DC removed, a replication factor lowered, or fewer replicas in all across a change
+    of strategy. Empty for a new keyspace or a change that keeps or adds replicas."""
+    if before is None:
+        return []
+    old_class, new_class = before.get("class"), after.get("class")
+    if old_class == new_class == _NTS:
+        old = _factors(before, ())
+        new = _factors(after, old)
+        found = []
+        for dc in sorted(old):
+            if new.get(dc, 0) < old[dc]:
+                gone = " (DC removed)" if new.get(dc, 0) == 0 else ""
+                found.append(f"{dc}: RF {old[dc]} -> {new.get(dc, 0)}{gone}")
+        return found
+    if old_class == _SIMPLE and new_class in (_SIMPLE, _NTS):
+        old_total = _factor(before.get("replication_factor", "0"))
+        new_total = (
+            sum(_factors(after, ()).values())
+            if new_class == _NTS
+            else _factor(after.get("replication_factor", "0"))
+        )
+        if new_total < old_total:
+            return [f"{new_total} replicas in all, {old_total} before"]
+        return []
+    return [f"strategy {old_class} -> {new_class}: placement per DC cannot be compared"]
 
 
 def decreases(drift: Drift) -> list[str]:
-    """What fixing ``drift`` would take away, one phrase per DC (empty: nothing).
-
-    Between two NetworkTopologyStrategy maps: a DC live but not wanted is removed, a DC with a
-    lower factor wanted than live is lowered. From SimpleStrategy (blind to DCs: ``n`` replicas
-    anywhere in the ring) the per-DC comparison means nothing; the fix lowers the replication
-    only if the topology wants fewer replicas in total than live has.
-    """
-    if drift.live is None or not drift.drifted:
+    """What fixing ``drift`` would take away (empty: nothing), by :func:`replication_decreases`:
+    the same rule the migrations apply to the keyspace changes they send."""
+    if not drift.drifted:
         return []
-    live_class, wanted_class = drift.live.get("class"), drift.wanted.get("class")
-    if live_class != wanted_class:
-        have = sum(_factor(v) for k, v in drift.live.items() if k != "class")
-        want = sum(_factor(v) for k, v in drift.wanted.items() if k != "class")
-        if want < have:
-            return [f"lower the replicas from {have} ({live_class}) to {want} in total"]
-        return []
-    found = []
-    for dc, value in sorted(drift.live.items()):
-        if dc == "class":
-            continue
-        want = drift.wanted.get(dc)
-        if want is None:
-            found.append(f"remove DC {dc} (RF {value} there)")
-        elif _factor(want) < _factor(value):
-            found.append(f"lower {dc} from RF {value} to {want}")
-    return found
+    return replication_decreases(drift.live, drift.wanted)
 
 
 def render(replication: Mapping[str, str] | None) -> str:

@@ -134,7 +134,7 @@ def test_a_fix_that_would_lower_a_factor_is_refused_unless_allowed(
         assert states["check_replication"] == "failed", states
         assert states["repair"] == "upstream_failed"
         text = _output(capfd, caplog)
-        lowered = f"retail_ops: lower {first} from RF {higher[first]} to {higher[first] - 1}"
+        lowered = f"retail_ops: {first}: RF {higher[first]} -> {higher[first] - 1}"
         assert lowered in text and "allow_replication_decrease=true" in text
         assert "nothing was altered" in text
         assert "retail_ops: replication before: NetworkTopologyStrategy" in text
@@ -175,7 +175,7 @@ def test_a_fix_that_would_remove_a_dc_is_refused_and_alters_nothing(
     assert task_states(run)["check_replication"] == "failed"
     text = _output(capfd, caplog)
     for keyspace in before:
-        assert f"{keyspace}: remove DC {gone} (RF 1 there)" in text
+        assert f"{keyspace}: {gone}: RF 1 -> 0 (DC removed)" in text
     assert "allow_replication_decrease=true" in text
     assert {ks: _replication(admin, ks) for ks in before} == before
 

@@ -23,8 +23,8 @@ from retail.migrations import (
     changed_names,
     keyspace_replication,
     replication_changes,
-    replication_decreases,
 )
+from retail.ops.replication import replication_decreases
 from retail.topology import build_topology
 
 TOPOLOGY = build_topology(2)  # the demo shape: RF 2 in each of the three DCs

@@ -90,13 +90,13 @@ def test_a_fix_that_removes_a_dc_or_lowers_a_factor_is_refused_with_what_and_the
     live = {"class": NTS, "eu-west": "2", "us-east": "1", "ap-southeast": "1", "mars": "3"}
     drift = replication.compare("retail", live, TOPOLOGY)
     assert replication.decreases(drift) == [
-        "lower eu-west from RF 2 to 1",
-        "remove DC mars (RF 3 there)",
+        "eu-west: RF 2 -> 1",
+        "mars: RF 3 -> 0 (DC removed)",
     ]
     with pytest.raises(replication.ReplicationDecreaseRefused) as err:
         replication.alter_statement(drift, TOPOLOGY, ["retail"])
     text = str(err.value)
-    assert "retail: lower eu-west from RF 2 to 1, remove DC mars (RF 3 there)" in text
+    assert "retail: eu-west: RF 2 -> 1, mars: RF 3 -> 0 (DC removed)" in text
     assert "allow_replication_decrease=true" in text and "nothing was altered" in text
     assert replication.alter_statement(drift, TOPOLOGY, ["retail"], allow_decrease=True) == (
         "ALTER KEYSPACE \"retail\" WITH replication = {'class': 'NetworkTopologyStrategy', "
@@ -111,7 +111,7 @@ def test_every_keyspace_is_checked_before_any_is_altered() -> None:
     with pytest.raises(replication.ReplicationDecreaseRefused) as err:
         replication.refuse_decreases([fine, lowered, missing])
     text = str(err.value)
-    assert "retail_ops: lower ap-southeast from RF 2 to 1, lower eu-west" in text
+    assert "retail_ops: ap-southeast: RF 2 -> 1, eu-west: RF 2 -> 1" in text
     assert "retail:" not in text and "system_auth" not in text
     replication.refuse_decreases([fine, lowered, missing], allow_decrease=True)
 
@@ -122,15 +122,13 @@ def test_from_simple_strategy_only_fewer_replicas_in_total_is_a_decrease() -> No
     one = replication.compare("system_auth", {"class": simple, "replication_factor": 1}, TOPOLOGY)
     assert replication.decreases(one) == []
     five = replication.compare("system_auth", {"class": simple, "replication_factor": 5}, TOPOLOGY)
-    assert replication.decreases(five) == [
-        "lower the replicas from 5 (SimpleStrategy) to 3 in total"
-    ]
+    assert replication.decreases(five) == ["3 replicas in all, 5 before"]
 
 
 def test_a_transient_factor_counts_its_full_replicas() -> None:
     live = {"class": NTS, "eu-west": "3/1", "us-east": "1", "ap-southeast": "1"}
     drift = replication.compare("retail", live, TOPOLOGY)
-    assert replication.decreases(drift) == ["lower eu-west from RF 3/1 to 1"]
+    assert replication.decreases(drift) == ["eu-west: RF 3 -> 1"]
 
 
 # -- token ranges -------------------------------------------------------------------------------
