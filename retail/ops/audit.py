@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -385,26 +386,42 @@ def day_row_key(event: Event) -> tuple[int, str]:
 def absent_day_rows(session: Session, events: Sequence[Event]) -> tuple[list[int], int, int]:
     """Indexes of ``events`` whose row by store and day is not stored, with the partitions and
     rows read to find out: each store-day partition is read once, between the earliest and the
-    latest event time of its events."""
+    latest event time of its events.
+
+    A first read asks one replica (``LOCAL_ONE``): a row it returns was written. Only a
+    partition where something is not found is read again at the session's level
+    (``LOCAL_QUORUM``, which overlaps the consumer's write quorum) before it counts as absent.
+    """
     groups: dict[PartitionKey, list[int]] = defaultdict(list)
     for i, e in enumerate(events):
         groups[(identity(e)[0], e.store_id, utc_day(e.event_time))].append(i)
-    keys = sorted(groups, key=str)
     prepared = {t: session.prepare(q) for t, q in DAY_RANGE.items()}
-    statements: list[tuple[object, tuple[object, ...]]] = []
-    for table, store, day in keys:
-        times = [events[i].event_time for i in groups[(table, store, day)]]
-        # Cassandra keeps milliseconds: widen the bounds so truncation cannot drop a row.
-        low = min(times) - timedelta(milliseconds=1)
-        high = max(times) + timedelta(milliseconds=1)
-        statements.append((prepared[table], (store, day, low, high)))
-    absent: list[int] = []
+
+    def read(keys: list[PartitionKey], level: int | None) -> dict[PartitionKey, list[int]]:
+        """Per partition, the indexes of its events whose row was not returned."""
+        nonlocal rows_read
+        statements: list[tuple[object, tuple[object, ...]]] = []
+        for table, store, day in keys:
+            times = [events[i].event_time for i in groups[(table, store, day)]]
+            # Cassandra keeps milliseconds: widen the bounds so truncation cannot drop a row.
+            low = min(times) - timedelta(milliseconds=1)
+            high = max(times) + timedelta(milliseconds=1)
+            bound = prepared[table].bind((store, day, low, high))
+            if level is not None:
+                bound.consistency_level = level
+            statements.append((bound, ()))
+        out = {}
+        for key, rows in zip(keys, _run(session, statements), strict=True):
+            rows_read += len(rows)
+            stored = {(ms(r[0]), r[1]) for r in rows}
+            out[key] = [i for i in groups[key] if day_row_key(events[i]) not in stored]
+        return out
+
     rows_read = 0
-    for key, rows in zip(keys, _run(session, statements), strict=True):
-        rows_read += len(rows)
-        stored = {(ms(r[0]), r[1]) for r in rows}
-        absent += [i for i in groups[key] if day_row_key(events[i]) not in stored]
-    return sorted(absent), len(keys), rows_read
+    keys = sorted(groups, key=str)
+    doubtful = [k for k, lacking in read(keys, ConsistencyLevel.LOCAL_ONE).items() if lacking]
+    absent = [i for lacking in read(doubtful, None).values() for i in lacking]
+    return sorted(absent), len(keys) + len(doubtful), rows_read
 
 
 def stored_versions(session: Session, events: Sequence[Event]) -> list[tuple[str, object] | None]:
