@@ -12,9 +12,10 @@ set, audits only the last minutes of that window instead (a quick check from the
   every message of the range is read back and decoded, 5,000 at a time;
 - a valid event must be stored: its row by store and day holds this version, or its id's table
   (`orders`, `inventory_movements`) holds a later one (a resend replaces an earlier version).
-  Each store-day partition is read once with a range read and compared as a set; single rows
-  are read only for what is absent, to name it. Read in the event's own region's DC at
-  `LOCAL_QUORUM`, the quorum its consumer wrote at;
+  Each store-day partition is read once with a range read at `LOCAL_ONE` and compared as a
+  set; a partition where something is not there is read again at `LOCAL_QUORUM`, the quorum its
+  consumer wrote at, in the event's own region's DC; single rows are read only for what is
+  still absent, to name it;
 - a message the consumers must refuse (invalid, a region header or topic that disagrees with
   the body, unrouted, an id moved to another store) must be in the dead-letter topic (found by
   its `origin.*` headers);
