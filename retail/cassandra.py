@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from cassandra import ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.concurrent import execute_concurrent
 from cassandra.policies import (
     DCAwareRoundRobinPolicy,
     TokenAwarePolicy,
@@ -26,6 +29,23 @@ def consistency(name: str) -> int:
     except KeyError:
         valid = ", ".join(sorted(ConsistencyLevel.name_to_value))
         raise ValueError(f"unknown consistency level {name!r}; use one of: {valid}") from None
+
+
+def run_all(
+    session: Session, statements: Sequence[tuple[Any, Sequence[object]]], concurrency: int = 64
+) -> list[list[Any]]:
+    """Execute ``statements`` concurrently and return every result's rows, in order; the first
+    failure raises (the driver's own error: Unavailable or a timeout means retry later)."""
+    if not statements:
+        return []
+    results = execute_concurrent(
+        session,
+        statements,
+        concurrency=concurrency,
+        raise_on_first_error=True,
+        results_generator=False,
+    )
+    return [list(rows) for _, rows in results]
 
 
 def read_level_for(write_level: str, replication_factor: int) -> str:

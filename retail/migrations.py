@@ -213,10 +213,7 @@ def keyspace_replication(statement: str) -> tuple[str, str, dict[str, str]] | No
 
 def render_replication(replication_map: Mapping[str, str] | None) -> str:
     """``NetworkTopologyStrategy {eu-west: 2, us-east: 2}``, or ``(none)`` for no keyspace."""
-    if replication_map is None:
-        return "(none)"
-    options = ", ".join(f"{k}: {v}" for k, v in sorted(replication_map.items()) if k != "class")
-    return f"{replication_map.get('class')} {{{options}}}"
+    return replication.render(replication_map, missing="(none)")
 
 
 @dataclass(frozen=True)

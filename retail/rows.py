@@ -285,8 +285,8 @@ def superseded_rows(old: Event, by: Event) -> list[tuple[str, tuple[object, ...]
     return [("inventory_by_store_day", (ts, old.store_id, day, old.event_time, old.event_id))]
 
 
-def _utc(t: datetime) -> datetime:
-    # The driver reads timestamps back as naive UTC.
+def as_utc(t: datetime) -> datetime:
+    """A timestamp read from Cassandra as an aware UTC time (the driver returns naive UTC)."""
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
@@ -306,7 +306,7 @@ def event_from_row(table: str, r: Any) -> tuple[Event, str | None]:
                 for li in r.lines or ()
             ),
             total_cents=r.total_cents,
-            event_time=_utc(r.event_time),
+            event_time=as_utc(r.event_time),
         )
         return order, r.source
     movement = InventoryMovement(
@@ -317,7 +317,7 @@ def event_from_row(table: str, r: Any) -> tuple[Event, str | None]:
         kind=r.kind,
         quantity=r.quantity,
         reason=r.reason,
-        event_time=_utc(r.event_time),
+        event_time=as_utc(r.event_time),
     )
     return movement, r.source
 

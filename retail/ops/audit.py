@@ -41,14 +41,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from retail import kafka as conv
 from retail.aggregates import ms
+from retail.cassandra import run_all
 from retail.errors import RetailError
 from retail.events import Event, InvalidEvent, Order, decode
 from retail.kafka import Topics
@@ -366,15 +367,6 @@ def committed_offsets(
 # -- Cassandra -----------------------------------------------------------------------------------
 
 
-def _run(session: Session, statements: list[tuple[object, tuple[object, ...]]]) -> list[list]:
-    if not statements:
-        return []
-    results = execute_concurrent(
-        session, statements, concurrency=64, raise_on_first_error=True, results_generator=False
-    )
-    return [list(rows) for _, rows in results]
-
-
 PartitionKey = tuple[str, str, object]  # (identity table, store_id, day)
 
 
@@ -383,55 +375,62 @@ def day_row_key(event: Event) -> tuple[int, str]:
     return ms(event.event_time), identity(event)[1]
 
 
-def absent_day_rows(session: Session, events: Sequence[Event]) -> tuple[list[int], int, int]:
-    """Indexes of ``events`` whose row by store and day is not stored, with the partitions and
-    rows read to find out: each store-day partition is read once, between the earliest and the
-    latest event time of its events.
+class RegionReads:
+    """The reads of one region's DC, prepared once per audit (a prepare is a round trip to
+    every node)."""
 
-    A first read asks one replica (``LOCAL_ONE``): a row it returns was written. Only a
-    partition where something is not found is read again at the session's level
-    (``LOCAL_QUORUM``, which overlaps the consumer's write quorum) before it counts as absent.
-    """
-    groups: dict[PartitionKey, list[int]] = defaultdict(list)
-    for i, e in enumerate(events):
-        groups[(identity(e)[0], e.store_id, utc_day(e.event_time))].append(i)
-    prepared = {t: session.prepare(q) for t, q in DAY_RANGE.items()}
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.day_range = {t: session.prepare(q) for t, q in DAY_RANGE.items()}
+        self.stored_version = {t: session.prepare(q) for t, q in STORED_VERSION.items()}
 
-    def read(keys: list[PartitionKey], level: int | None) -> dict[PartitionKey, list[int]]:
-        """Per partition, the indexes of its events whose row was not returned."""
-        nonlocal rows_read
-        statements: list[tuple[object, tuple[object, ...]]] = []
-        for table, store, day in keys:
-            times = [events[i].event_time for i in groups[(table, store, day)]]
-            # Cassandra keeps milliseconds: widen the bounds so truncation cannot drop a row.
-            low = min(times) - timedelta(milliseconds=1)
-            high = max(times) + timedelta(milliseconds=1)
-            bound = prepared[table].bind((store, day, low, high))
-            if level is not None:
-                bound.consistency_level = level
-            statements.append((bound, ()))
-        out = {}
-        for key, rows in zip(keys, _run(session, statements), strict=True):
-            rows_read += len(rows)
-            stored = {(ms(r[0]), r[1]) for r in rows}
-            out[key] = [i for i in groups[key] if day_row_key(events[i]) not in stored]
-        return out
+    def absent_day_rows(self, events: Sequence[Event]) -> tuple[list[int], int, int]:
+        """Indexes of ``events`` whose row by store and day is not stored, with the partitions
+        and rows read to find out: each store-day partition is read once, between the earliest
+        and the latest event time of its events.
 
-    rows_read = 0
-    keys = sorted(groups, key=str)
-    doubtful = [k for k, lacking in read(keys, ConsistencyLevel.LOCAL_ONE).items() if lacking]
-    absent = [i for lacking in read(doubtful, None).values() for i in lacking]
-    return sorted(absent), len(keys) + len(doubtful), rows_read
+        A first read asks one replica (``LOCAL_ONE``): a row it returns was written. Only a
+        partition where something is not found is read again at the session's level
+        (``LOCAL_QUORUM``, which overlaps the consumer's write quorum) before it counts as
+        absent.
+        """
+        groups: dict[PartitionKey, list[int]] = defaultdict(list)
+        for i, e in enumerate(events):
+            groups[(identity(e)[0], e.store_id, utc_day(e.event_time))].append(i)
+        rows_read = 0
 
+        def read(keys: list[PartitionKey], level: int | None) -> dict[PartitionKey, list[int]]:
+            """Per partition, the indexes of its events whose row was not returned."""
+            nonlocal rows_read
+            statements: list[tuple[Any, tuple[object, ...]]] = []
+            for table, store, day in keys:
+                times = [events[i].event_time for i in groups[(table, store, day)]]
+                # Cassandra keeps milliseconds: widen the bounds so truncation drops no row.
+                low = min(times) - timedelta(milliseconds=1)
+                high = max(times) + timedelta(milliseconds=1)
+                bound = self.day_range[table].bind((store, day, low, high))
+                if level is not None:
+                    bound.consistency_level = level
+                statements.append((bound, ()))
+            out = {}
+            for key, rows in zip(keys, run_all(self.session, statements), strict=True):
+                rows_read += len(rows)
+                stored = {(ms(r[0]), r[1]) for r in rows}
+                out[key] = [i for i in groups[key] if day_row_key(events[i]) not in stored]
+            return out
 
-def stored_versions(session: Session, events: Sequence[Event]) -> list[tuple[str, object] | None]:
-    """Per event, the stored version of its id: (store_id, event_time), or None."""
-    prepared = {t: session.prepare(q) for t, q in STORED_VERSION.items()}
-    statements = [(prepared[identity(e)[0]], (identity(e)[1],)) for e in events]
-    out: list[tuple[str, object] | None] = []
-    for rows in _run(session, statements):
-        out.append((rows[0].store_id, rows[0].event_time) if rows else None)
-    return out
+        keys = sorted(groups, key=str)
+        doubtful = [k for k, lacking in read(keys, ConsistencyLevel.LOCAL_ONE).items() if lacking]
+        absent = [i for lacking in read(doubtful, None).values() for i in lacking]
+        return sorted(absent), len(keys) + len(doubtful), rows_read
+
+    def stored_versions(self, events: Sequence[Event]) -> list[tuple[str, object] | None]:
+        """Per event, the stored version of its id: (store_id, event_time), or None."""
+        statements = [(self.stored_version[identity(e)[0]], (identity(e)[1],)) for e in events]
+        return [
+            (rows[0].store_id, rows[0].event_time) if rows else None
+            for rows in run_all(self.session, statements)
+        ]
 
 
 # -- the audit -----------------------------------------------------------------------------------
@@ -463,9 +462,16 @@ def audit(
         parts = sorted({(s.topic, s.partition) for s in spans})
         committed = committed_offsets(bootstrap, groups, parts) if parts else {}
         origins = read_dead_letter_origins(bootstrap, topics.deadletter, start_ms)
+        prepared: dict[str, RegionReads] = {}
+
+        def reads(region: str) -> RegionReads:
+            if region not in prepared:
+                prepared[region] = RegionReads(sessions(region))
+            return prepared[region]
+
         done = 0
         for batch in chunks(judged(read_spans(consumer, spans, timeout), topics), chunk):
-            _check(batch, report, topics, sessions, committed, origins)
+            _check(batch, report, topics, reads, committed, origins)
             done += len(batch)
             progress(f"{done}/{total} messages checked, {report.missing} lost so far")
     finally:
@@ -477,7 +483,7 @@ def _check(
     batch: list[Seen],
     report: AuditReport,
     topics: Topics,
-    sessions: Callable[[str], Session],
+    reads: Callable[[str], RegionReads],
     committed: dict[str, dict[tuple[str, int], int]],
     origins: set[tuple[str, int, int]],
 ) -> None:
@@ -515,15 +521,15 @@ def _check(
                 lost(s, f"invalid message {s.where} ({s.reason}) was not dead-lettered by {group}")
 
     for region, items in sorted(to_check.items()):
-        session = sessions(region)
+        region_reads = reads(region)
         events = [s.event for s in items if s.event is not None]
-        absent, partitions, rows = absent_day_rows(session, events)
+        absent, partitions, rows = region_reads.absent_day_rows(events)
         report.partitions_read += partitions
         report.rows_read += rows
         if not absent:
             continue
         # Only the events without their day row: is it lost, replaced, or a conflict?
-        versions = stored_versions(session, [events[i] for i in absent])
+        versions = region_reads.stored_versions([events[i] for i in absent])
         report.point_reads += len(absent)
         for i, version in zip(absent, versions, strict=True):
             s, e = items[i], events[i]

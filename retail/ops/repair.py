@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -44,6 +44,7 @@ from retail import jolokia
 from retail.errors import RetailError
 from retail.jolokia import STORAGE_SERVICE
 from retail.metrics import Metrics
+from retail.rows import as_utc
 from retail.topology import CassandraNode, Topology
 
 log = logging.getLogger(__name__)
@@ -407,7 +408,7 @@ class TableState:
         """What the gauge carries: 0 for a table never repaired cluster-wide (the alert then
         sees it as overdue, as it should)."""
         when = self.last_cluster_wide_success
-        return 0.0 if when is None else utc(when).timestamp()
+        return 0.0 if when is None else as_utc(when).timestamp()
 
     def overdue(self, now: datetime, fraction: float = 0.8) -> bool:
         """Older than ``fraction`` of gc_grace_seconds (the TableRepairOverdue alert's rule)."""
@@ -424,12 +425,8 @@ class TableState:
         }
 
 
-def utc(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=UTC)  # the driver returns naive UTC
-
-
 def _iso(when: datetime | None) -> str | None:
-    return None if when is None else utc(when).isoformat()
+    return None if when is None else as_utc(when).isoformat()
 
 
 def table_states(session: Session, keyspaces: Sequence[str]) -> list[TableState]:

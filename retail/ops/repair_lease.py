@@ -24,7 +24,8 @@ from cassandra.cluster import NoHostAvailable, Session
 from cassandra.query import SimpleStatement
 
 from retail.jolokia import STORAGE_SERVICE
-from retail.ops.repair import Jolokia, RepairError, RepairStep, utc
+from retail.ops.repair import Jolokia, RepairError, RepairStep
+from retail.rows import as_utc
 from retail.topology import CassandraNode, Topology
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,8 @@ class Holder:
     scope: str | None
 
     def describe(self) -> str:
-        since = "an unknown time" if self.acquired_at is None else utc(self.acquired_at)
-        renewed = "" if self.renewed_at is None else f", last renewed {utc(self.renewed_at)}"
+        since = "an unknown time" if self.acquired_at is None else as_utc(self.acquired_at)
+        renewed = "" if self.renewed_at is None else f", last renewed {as_utc(self.renewed_at)}"
         return f"{self.owner} (try {self.try_number}, {self.scope}) since {since}{renewed}"
 
 

@@ -171,9 +171,9 @@ def decreases(drift: Drift) -> list[str]:
     return replication_decreases(drift.live, drift.wanted)
 
 
-def render(replication: Mapping[str, str] | None) -> str:
-    """A replication map for a log line; ``None`` is a missing keyspace."""
-    return "(no keyspace)" if replication is None else _render(replication)
+def render(replication: Mapping[str, str] | None, missing: str = "(no keyspace)") -> str:
+    """A replication map for a log line; ``None`` (a missing keyspace) is ``missing``."""
+    return missing if replication is None else _render(replication)
 
 
 def _render(replication: Mapping[str, str]) -> str:

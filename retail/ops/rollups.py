@@ -30,7 +30,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent
 
 from retail.aggregates import (
     KEY_OF,
@@ -46,6 +45,7 @@ from retail.aggregates import (
     ms,
     sums_of,
 )
+from retail.cassandra import run_all
 from retail.errors import ConfigError
 from retail.events import LineItem, Order
 from retail.rows import (
@@ -240,17 +240,6 @@ def expected_stock(rows: Iterable[Any]) -> Stock | None:
 # -- I/O -----------------------------------------------------------------------------------------
 
 
-def _run(session: Session, statements: Sequence[tuple[Any, Sequence[object]]]) -> list[list[Any]]:
-    """Execute concurrently and return every result's rows; the first failure raises (the
-    driver's own error: Unavailable or a timeout means retry later)."""
-    if not statements:
-        return []
-    results = execute_concurrent(
-        session, statements, concurrency=64, raise_on_first_error=True, results_generator=False
-    )
-    return [list(r) for _, r in results]
-
-
 def repair_rollups(
     session: Session,
     regions: Sequence[str],
@@ -271,16 +260,16 @@ def repair_rollups(
     # The window's partitions: every registered store of every region, times the window's days.
     stores = sorted(
         r.store_id
-        for rows in _run(session, [(q["stores"], (region,)) for region in regions])
+        for rows in run_all(session, [(q["stores"], (region,)) for region in regions])
         for r in rows
     )
     store_days = [(store, day) for store in stores for day in sorted(days)]
     order_reads = [(q["store_day_orders"], k) for k in store_days]
-    day_orders = dict(zip(store_days, _run(session, order_reads), strict=True))
+    day_orders = dict(zip(store_days, run_all(session, order_reads), strict=True))
     movements = dict(
         zip(
             store_days,
-            _run(session, [(q["store_day_movements"], k) for k in store_days]),
+            run_all(session, [(q["store_day_movements"], k) for k in store_days]),
             strict=True,
         )
     )
@@ -302,7 +291,7 @@ def repair_rollups(
     ]
     reads += [("sales_by_region_day", (region, day)) for region in regions for day in sorted(days)]
     for (table, prefix), rows in zip(
-        reads, _run(session, [(whole[t], k) for t, k in reads]), strict=True
+        reads, run_all(session, [(whole[t], k) for t, k in reads]), strict=True
     ):
         for r in rows:
             key = KEY_OF[table](*prefix, r[0])
@@ -315,7 +304,7 @@ def repair_rollups(
         moved[store].update(r.sku for r in movements[(store, day)])
     stock_keys = [(store, sorted(skus)) for store, skus in sorted(moved.items())]
     for (store, _), rows in zip(
-        stock_keys, _run(session, [(stock_read, k) for k in stock_keys]), strict=True
+        stock_keys, run_all(session, [(stock_read, k) for k in stock_keys]), strict=True
     ):
         for r in rows:
             stored[StockKey(store, r[0])] = bucket_from_row("stock_by_store", r)
@@ -334,7 +323,7 @@ def repair_rollups(
     spans = {store: _days(max(day, lookback), today) for store, day in first.items()}
     older = [(s, d) for s, days_ in sorted(spans.items()) for d in days_ if (s, d) not in movements]
     movements.update(
-        zip(older, _run(session, [(q["store_day_movements"], k) for k in older]), strict=True)
+        zip(older, run_all(session, [(q["store_day_movements"], k) for k in older]), strict=True)
     )
     unchecked: list[tuple[str, str]] = []
     for store, skus in stock_keys:
@@ -363,7 +352,7 @@ def repair_rollups(
             key = KEY_OF[c.table](*c.key)
             row = corrected(expected.get(key) or empty(key), stored.get(key))
             writes.append((write[c.table], (*key, *row.values(), row.watermark, row.fence)))
-        _run(session, writes)
+        run_all(session, writes)
         progress(f"wrote {len(fixes)} corrections")
     return RollupReport(window, checked, fixes, correct, unchecked)
 
