@@ -339,7 +339,8 @@ class RegionalConsumer:
             # A batch is being written: take what Kafka has fetched meanwhile (the next batch),
             # and otherwise wait for the write, briefly, so that its commit and the next batch
             # follow it at once.
-            if room <= 0 or not self._poll(room, 0):
+            # (A poll can run a rebalance callback that finishes or drops the batch in flight.)
+            if (room <= 0 or not self._poll(room, 0)) and self.inflight is not None:
                 wait([self.inflight.future], timeout=0.005)
         self._report_lag()
 
