@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 PROFILE ?= demo
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help setup fetch demo test test-unit test-integration lint compose-check bench stack-down clean
+.PHONY: help setup fetch browser demo test test-unit test-integration lint compose-check bench stack-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -16,8 +16,8 @@ $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q uv==$(UV_VERSION)
 
-$(VENV)/.installed: $(BIN)/uv requirements.lock pyproject.toml
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+$(VENV)/.installed: $(BIN)/uv requirements.txt pyproject.toml
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
@@ -25,6 +25,10 @@ setup: $(VENV)/.installed fetch  ## Python env in .venv/ and every server binary
 
 fetch: $(VENV)/.installed  ## fetch Cassandra, Kafka, agents, Prometheus, Alertmanager, statsd_exporter (cached)
 	$(BIN)/retail stack fetch
+
+browser:  ## Debian's chromium and chromium-driver for the browser tests (installed when missing)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		|| scripts/apt-install chromium chromium-driver
 
 demo: setup  ## the main job: three-DC stack, migrations, consumers, an event stream, the report
 	$(BIN)/retail demo --profile $(PROFILE)
@@ -34,7 +38,7 @@ test: setup lint compose-check test-unit test-integration  ## everything CI runs
 test-unit: $(VENV)/.installed  ## unit tests and DAG integrity tests, no services
 	$(BIN)/pytest tests/unit tests/dags -q
 
-test-integration: setup  ## integration tests on the real local stack (started once, stopped after)
+test-integration: setup browser  ## integration tests on the real local stack (started once, stopped after)
 	$(BIN)/pytest tests/integration -q
 
 lint: $(VENV)/.installed  ## ruff
