@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from retail.errors import RetailError
+from retail.events import Event, InvalidEvent, Order, decode
 from retail.topology import REGIONS, Topology
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ DLQ_FAILED_AT = "failed_at"
 # say so and how large it was; the payload itself stays in its origin topic.
 DLQ_PAYLOAD_OMITTED = "payload.omitted"
 DLQ_PAYLOAD_SIZE = "payload.size"
+DLQ_PAYLOAD_OMITTED_TEXT = "too large for the dead-letter topic"
+
+# The groups of the operations' own consumers: they only assign() partitions and never commit,
+# but the client needs a group id. Never the name of a region's group (see group_name).
+AUDIT_GROUP = "retail-pipeline-audit"
+BALANCE_GROUP = "retail-balance-check"
+
+Headers = list[tuple[str, bytes | None]]
 
 
 def group_name(prefix: str, region: str) -> str:
@@ -47,11 +56,50 @@ def group_name(prefix: str, region: str) -> str:
     return f"{prefix}-{region}"
 
 
-def header(headers: list[tuple[str, bytes | None]] | None, name: str) -> str | None:
+def header(headers: Headers | None, name: str) -> str | None:
     """The first value of header ``name``, decoded (None when absent)."""
     for key, value in headers or []:
         if key == name and value is not None:
             return value.decode(errors="replace")
+    return None
+
+
+def dead_letter_headers(
+    origin: tuple[str, int, int],
+    reason: str,
+    consumer_region: str,
+    failed_at: str,
+    *,
+    omitted_size: int | None = None,
+) -> list[tuple[str, bytes]]:
+    """The headers of a dead letter: why, where it came from (topic, partition, offset), which
+    region's consumer refused it and when. ``omitted_size``: it goes by reference, its payload
+    (of that many bytes) too large for the dead-letter topic."""
+    topic, partition, offset = origin
+    headers = [
+        (DLQ_REASON, reason.encode()),
+        (DLQ_ORIGIN_TOPIC, topic.encode()),
+        (DLQ_ORIGIN_PARTITION, str(partition).encode()),
+        (DLQ_ORIGIN_OFFSET, str(offset).encode()),
+        (DLQ_CONSUMER_REGION, consumer_region.encode()),
+        (DLQ_FAILED_AT, failed_at.encode()),
+    ]
+    if omitted_size is not None:
+        headers += [
+            (DLQ_PAYLOAD_OMITTED, DLQ_PAYLOAD_OMITTED_TEXT.encode()),
+            (DLQ_PAYLOAD_SIZE, str(omitted_size).encode()),
+        ]
+    return headers
+
+
+def dead_letter_origin(headers: Headers | None) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of the message a dead letter carries, from its headers (None
+    when they do not say)."""
+    topic = header(headers, DLQ_ORIGIN_TOPIC)
+    partition = header(headers, DLQ_ORIGIN_PARTITION)
+    offset = header(headers, DLQ_ORIGIN_OFFSET)
+    if topic and partition and offset and partition.isdigit() and offset.isdigit():
+        return topic, int(partition), int(offset)
     return None
 
 
@@ -103,8 +151,21 @@ class Topics:
         topics = self.of_region(region)
         return [*topics, self.unrouted] if self.is_catch_all(region) else topics
 
+    @property
+    def catch_all(self) -> str:
+        """The region whose group also reads the unrouted topic (and dead-letters it)."""
+        return self.regions[0]
+
     def is_catch_all(self, region: str) -> bool:
-        return region == self.regions[0]
+        return region == self.catch_all
+
+    def group(self, region: str) -> str:
+        """The consumer group of ``region`` under this prefix."""
+        return group_name(self.prefix, region)
+
+    def reader_of(self, topic: str) -> str:
+        """The region whose group reads ``topic``: its region's, the catch-all for the rest."""
+        return self.region_of(topic) or self.catch_all
 
     @property
     def events(self) -> list[str]:
@@ -153,6 +214,21 @@ def misrouted(topics: Topics, topic: str, header: str | None, region: str, kind:
     if topic != expected:
         return f"an event of region {region} on {topic}; producers send it to {expected}"
     return None
+
+
+def judge(
+    topics: Topics, topic: str, region_header: str | None, value: bytes
+) -> tuple[Event | None, str | None]:
+    """What a consumer does with a message read from ``topic``: (the event to write, None), or
+    (None, the reason it is dead-lettered). The consumers route by it and the audit judges by
+    it, so they cannot disagree."""
+    try:
+        event = decode(value)
+    except InvalidEvent as exc:
+        return None, exc.reason
+    kind = "order" if isinstance(event, Order) else "inventory"
+    reason = misrouted(topics, topic, region_header, event.region, kind)
+    return (None, reason) if reason else (event, None)
 
 
 def ensure_topics(topology: Topology, topics: Topics, timeout: float = 30.0) -> list[str]:
@@ -213,9 +289,5 @@ def group_lag(
 def region_lag(topology: Topology, topics: Topics, region: str, timeout: float = 10.0) -> int:
     """What the region's consumer group has not committed yet, over every topic it reads."""
     return group_lag(
-        topology,
-        topics.read_by(region),
-        group_name(topics.prefix, region),
-        topics.partitions,
-        timeout,
+        topology, topics.read_by(region), topics.group(region), topics.partitions, timeout
     )

@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from retail import kafka as conv
 from retail.aggregates import Applied, Outcome
 from retail.errors import RetailError
-from retail.events import Event, InvalidEvent, Order, decode
+from retail.events import Event, Order
 from retail.kafka import Topics
 from retail.metrics import Metrics
 from retail.rows import Position
@@ -162,16 +162,10 @@ class RegionalConsumer:
         """Put one message in the batch: an event to write, or a dead letter with its reason."""
         batch.mark(msg)
         topic = msg.topic()
-        try:
-            event = decode(msg.value() or b"")
-        except InvalidEvent as exc:
-            batch.dead.append((msg, exc.reason))
-            return
-        kind = "order" if isinstance(event, Order) else "inventory"
         header = conv.header(msg.headers(), conv.REGION_HEADER)
-        reason = conv.misrouted(self.topics, topic, header, event.region, kind)
-        if reason:
-            batch.dead.append((msg, reason))
+        event, reason = conv.judge(self.topics, topic, header, msg.value() or b"")
+        if event is None:
+            batch.dead.append((msg, reason or ""))
             return
         position = Position(topic, msg.partition(), msg.offset())
         batch.events.append((position, event))
@@ -241,21 +235,16 @@ class RegionalConsumer:
         by_reference: bool = False,
     ) -> None:
         value = msg.value() or b""
-        headers = [
-            (conv.DLQ_REASON, reason.encode()),
-            (conv.DLQ_ORIGIN_TOPIC, msg.topic().encode()),
-            (conv.DLQ_ORIGIN_PARTITION, str(msg.partition()).encode()),
-            (conv.DLQ_ORIGIN_OFFSET, str(msg.offset()).encode()),
-            (conv.DLQ_CONSUMER_REGION, self.cfg.region.encode()),
-            (conv.DLQ_FAILED_AT, now.encode()),
-        ]
+        headers = conv.dead_letter_headers(
+            (msg.topic(), msg.partition(), msg.offset()),
+            reason,
+            self.cfg.region,
+            now,
+            omitted_size=len(value) if by_reference else None,
+        )
         if by_reference:
             # Too large for the dead-letter topic: say where it is instead; the payload stays in
             # its origin topic (until retention) and the headers say how to find it.
-            headers += [
-                (conv.DLQ_PAYLOAD_OMITTED, b"too large for the dead-letter topic"),
-                (conv.DLQ_PAYLOAD_SIZE, str(len(value)).encode()),
-            ]
             value = json.dumps(
                 {
                     "origin": f"{msg.topic()}[{msg.partition()}]@{msg.offset()}",

@@ -3,8 +3,8 @@
 The window is a range of offsets per partition of the event topics: from the first message
 stamped at or after its start to the first stamped at or after its end (``offsets_for_times``).
 Consecutive windows therefore meet exactly, and a message whose producer clock was wrong is
-still audited, in the window its offset falls in. Every message of the range is decoded with
-:func:`retail.events.decode` and judged by the consumers' rules:
+still audited, in the window its offset falls in. Every message of the range is judged by the
+consumers' own rule (:func:`retail.kafka.judge`):
 
 * a valid event of its topic's region must be stored: its row by store and day holds this
   version (``orders_by_store_day``, ``inventory_by_store_day``), or its id's table holds a later
@@ -51,7 +51,7 @@ from retail import kafka as conv
 from retail.aggregates import ms
 from retail.cassandra import run_all
 from retail.errors import RetailError
-from retail.events import Event, InvalidEvent, Order, decode
+from retail.events import Event, Order
 from retail.kafka import Topics
 from retail.rows import KEYSPACE, identity, utc_day
 
@@ -109,23 +109,9 @@ class Seen:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-def judge(
-    msg_topic: str, header: str | None, value: bytes, topics: Topics
-) -> tuple[Event | None, str | None]:
-    """What the consumers do with a message: (the event to write, None) or (None, the reason
-    it is dead-lettered), by the same rules."""
-    try:
-        event = decode(value)
-    except InvalidEvent as exc:
-        return None, exc.reason
-    kind = "order" if isinstance(event, Order) else "inventory"
-    reason = conv.misrouted(topics, msg_topic, header, event.region, kind)
-    return (None, reason) if reason else (event, None)
-
-
 def group_of(topic: str, topics: Topics) -> str:
     """The group that reads ``topic``: its region's, or the catch-all's for unrouted."""
-    return conv.group_name(topics.prefix, topics.region_of(topic) or topics.regions[0])
+    return topics.group(topics.reader_of(topic))
 
 
 def responsible_group(seen: Seen, topics: Topics) -> str:
@@ -298,7 +284,7 @@ def judged(messages: Iterable[Message], topics: Topics) -> Iterator[Seen]:
     for msg in messages:
         topic = msg.topic() or ""
         header = conv.header(msg.headers(), conv.REGION_HEADER)
-        event, reason = judge(topic, header, msg.value() or b"", topics)
+        event, reason = conv.judge(topics, topic, header, msg.value() or b"")
         yield Seen(topic, msg.partition() or 0, msg.offset() or 0, event, reason)
 
 
@@ -321,7 +307,7 @@ def read_dead_letter_origins(
     A dead letter is produced after the message it carries, so reading from the window's start
     to the end of the dead-letter topic finds every dead letter of the window's messages.
     """
-    consumer = _consumer(bootstrap, "retail-pipeline-audit")
+    consumer = _consumer(bootstrap, conv.AUDIT_GROUP)
     origins: set[tuple[str, int, int]] = set()
     try:
         meta = consumer.list_topics(deadletter, timeout=10)
@@ -337,11 +323,9 @@ def read_dead_letter_origins(
             for p in parts
         ]
         for msg in read_spans(consumer, spans, timeout):
-            topic = conv.header(msg.headers(), conv.DLQ_ORIGIN_TOPIC)
-            part = conv.header(msg.headers(), conv.DLQ_ORIGIN_PARTITION)
-            offset = conv.header(msg.headers(), conv.DLQ_ORIGIN_OFFSET)
-            if topic and part and offset and part.isdigit() and offset.isdigit():
-                origins.add((topic, int(part), int(offset)))
+            origin = conv.dead_letter_origin(msg.headers())
+            if origin is not None:
+                origins.add(origin)
     finally:
         consumer.close()
     return origins
@@ -453,7 +437,7 @@ def audit(
     ``sessions(region)`` returns a session whose local DC is that region, at LOCAL_QUORUM.
     """
     report = AuditReport(start_ms, end_ms, {t: TopicAudit(t) for t in audited})
-    consumer = _consumer(bootstrap, "retail-pipeline-audit")
+    consumer = _consumer(bootstrap, conv.AUDIT_GROUP)
     try:
         spans = [s for s in window_spans(consumer, audited, start_ms, end_ms) if s.end > s.start]
         total = sum(s.end - s.start for s in spans)

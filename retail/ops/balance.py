@@ -37,7 +37,7 @@ from retail.jolokia import (
     jolokia_read,
     ring_view,
 )
-from retail.kafka import Topics
+from retail.kafka import BALANCE_GROUP, Topics
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def check_kafka(
     """Rates, sizes, skew and hot keys of ``topics``; lag of ``groups``; leaders per broker."""
     now = time.time() if now is None else now
     since_ms = int((now - window_seconds) * 1000)
-    consumer = _consumer(bootstrap, "retail-balance-check")
+    consumer = _consumer(bootstrap, BALANCE_GROUP)
     try:
         try:
             meta = consumer.list_topics(timeout=timeout)

@@ -3,7 +3,15 @@ the consumers refuse as misrouted."""
 
 from __future__ import annotations
 
-from retail.kafka import Topics, group_name, header, misrouted
+from retail import kafka
+from retail.kafka import (
+    Topics,
+    dead_letter_headers,
+    dead_letter_origin,
+    group_name,
+    header,
+    misrouted,
+)
 
 TOPICS = Topics.named("retail")
 
@@ -29,6 +37,14 @@ def test_each_group_reads_its_regions_topics_and_only_the_first_the_unrouted_one
     assert sorted(every) == sorted(TOPICS.events)  # every event topic is read by exactly one
     assert len(every) == len(set(every))
     assert group_name("retail", "us-east") == "retail-us-east"
+    assert TOPICS.group("us-east") == "retail-us-east"
+
+
+def test_the_catch_all_group_reads_what_no_region_claims() -> None:
+    assert TOPICS.catch_all == "eu-west"
+    assert TOPICS.reader_of("retail.us-east.orders") == "us-east"
+    assert TOPICS.reader_of("retail.unrouted") == "eu-west"
+    assert [r for r in TOPICS.regions if TOPICS.unrouted in TOPICS.read_by(r)] == ["eu-west"]
 
 
 def test_names_for_metrics_and_regions_of_topics() -> None:
@@ -60,3 +76,47 @@ def test_headers_are_read_by_name() -> None:
     assert header(headers, "region") == "eu-west"
     assert header(headers, "reason") is None
     assert header(None, "region") is None
+
+
+def test_the_header_names_on_the_wire() -> None:
+    """Producers, consumers, the audit and whoever reads the dead-letter topic by hand rely on
+    these names: renaming one is a change of the message format, not a refactoring."""
+    assert kafka.REGION_HEADER == "region"
+    assert (
+        kafka.DLQ_REASON,
+        kafka.DLQ_ORIGIN_TOPIC,
+        kafka.DLQ_ORIGIN_PARTITION,
+        kafka.DLQ_ORIGIN_OFFSET,
+        kafka.DLQ_CONSUMER_REGION,
+        kafka.DLQ_FAILED_AT,
+        kafka.DLQ_PAYLOAD_OMITTED,
+        kafka.DLQ_PAYLOAD_SIZE,
+    ) == (
+        "reason",
+        "origin.topic",
+        "origin.partition",
+        "origin.offset",
+        "consumer.region",
+        "failed_at",
+        "payload.omitted",
+        "payload.size",
+    )
+
+
+def test_a_dead_letter_says_why_and_where_it_came_from() -> None:
+    got = dead_letter_headers(("retail.eu-west.orders", 3, 41), "bad", "eu-west", "now")
+    assert header(got, "reason") == "bad"
+    assert dead_letter_origin(got) == ("retail.eu-west.orders", 3, 41)
+    assert header(got, "payload.omitted") is None
+    by_reference = dead_letter_headers(
+        ("retail.eu-west.orders", 3, 42), "bad", "eu-west", "now", omitted_size=20_000
+    )
+    assert header(by_reference, "payload.size") == "20000"
+    assert header(by_reference, "payload.omitted") == "too large for the dead-letter topic"
+    assert dead_letter_origin([("origin.topic", b"t"), ("origin.offset", b"1")]) is None
+    assert (
+        dead_letter_origin(
+            [("origin.topic", b"t"), ("origin.partition", b"x"), ("origin.offset", b"1")]
+        )
+        is None
+    )

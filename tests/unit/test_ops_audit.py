@@ -7,8 +7,8 @@ import json
 from datetime import UTC, datetime
 
 from retail.events import InventoryMovement, LineItem, Order, encode
-from retail.kafka import Topics
-from retail.ops.audit import AuditReport, Seen, TopicAudit, event_label, judge, responsible_group
+from retail.kafka import Topics, judge
+from retail.ops.audit import AuditReport, Seen, TopicAudit, event_label, responsible_group
 
 T = datetime(2025, 6, 2, 23, 59, 59, 123456, tzinfo=UTC)
 TOPICS = Topics.named("p")
@@ -37,17 +37,17 @@ MOVE = InventoryMovement(
 
 
 def test_a_message_is_judged_by_the_consumers_rules() -> None:
-    assert judge("p.eu-west.orders", "eu-west", encode(ORDER), TOPICS) == (ORDER, None)
-    assert judge("p.eu-west.orders", None, encode(ORDER), TOPICS) == (ORDER, None)
-    _, reason = judge("p.eu-west.orders", "us-east", encode(ORDER), TOPICS)
+    assert judge(TOPICS, "p.eu-west.orders", "eu-west", encode(ORDER)) == (ORDER, None)
+    assert judge(TOPICS, "p.eu-west.orders", None, encode(ORDER)) == (ORDER, None)
+    _, reason = judge(TOPICS, "p.eu-west.orders", "us-east", encode(ORDER))
     assert reason == "region header says 'us-east' but the event's region is 'eu-west'"
-    _, reason = judge("p.eu-west.orders", "eu-west", encode(MOVE), TOPICS)
+    _, reason = judge(TOPICS, "p.eu-west.orders", "eu-west", encode(MOVE))
     assert reason == (
         "an event of region eu-west on p.eu-west.orders; producers send it to p.eu-west.inventory"
     )
-    _, reason = judge("p.unrouted", None, encode(ORDER), TOPICS)
+    _, reason = judge(TOPICS, "p.unrouted", None, encode(ORDER))
     assert reason is not None and "p.eu-west.orders" in reason
-    event, reason = judge("p.us-east.orders", None, b"{", TOPICS)
+    event, reason = judge(TOPICS, "p.us-east.orders", None, b"{")
     assert event is None and reason is not None and reason.startswith("not valid JSON")
 
 

@@ -69,7 +69,7 @@ class BalanceCheckOperator(BaseOperator):
         bootstrap = RetailKafkaHook(self.kafka_conn_id).bootstrap_servers
         topics = Topics.named(prefix)
         names = topics.all
-        groups = [f"{prefix}-{dc.name}" for dc in topology.datacenters]
+        groups = [topics.group(dc.name) for dc in topology.datacenters]
         self.log.info(
             "Kafka %s: topics %s, groups %s, window %.0fs", bootstrap, names, groups, window
         )
