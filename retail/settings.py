@@ -34,6 +34,15 @@ class Settings(BaseSettings):
         default_factory=_default_cache_dir,
         description="Downloads (server jars, binaries), shared by every clone on this machine.",
     )
+    topology_file: Path | None = Field(
+        default=None,
+        description=(
+            "The topology JSON (Topology.to_json()) that clients read: the consumers, `retail "
+            "migrate`, `retail produce`. Unset: the local stack's, "
+            "<state_dir>/stack/topology.json. A deployment (a consumer container) points it at "
+            "its own file."
+        ),
+    )
     profile: str = Field(default="test", description="Stack profile used when none is given.")
     topic_prefix: str = Field(default="retail", description="Kafka topics are PREFIX.orders ...")
     topic_partitions: int = Field(default=12, ge=1, le=256)
@@ -44,6 +53,12 @@ class Settings(BaseSettings):
     @property
     def stack_dir(self) -> Path:
         return self.state_dir / "stack"
+
+    @property
+    def topology_path(self) -> Path:
+        """Where the topology clients use is read from: ``RETAIL_TOPOLOGY_FILE``, else the file
+        ``retail stack up`` writes for the local stack."""
+        return self.topology_file or self.stack_dir / "topology.json"
 
 
 @functools.cache

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from retail.errors import ConfigError
@@ -278,13 +279,26 @@ def profile_topology(
     return build_topology(counts, brokers if brokers is not None else p.brokers, p.heap_mb)
 
 
-def current_topology() -> Topology:
-    """The topology clients should use: the running local stack's (written by ``retail stack
-    up``), else the configured profile's (``RETAIL_PROFILE``)."""
+def current_topology(path: Path | None = None) -> Topology:
+    """The topology clients use, read from ``path``, by default the file the settings name
+    (``RETAIL_TOPOLOGY_FILE``; unset, the one ``retail stack up`` writes for the local stack)."""
     from retail.settings import get_settings
 
-    settings = get_settings()
-    saved = settings.stack_dir / "topology.json"
-    if saved.exists():
-        return Topology.from_json(saved.read_text())
-    return profile_topology(settings.profile)
+    path = path or get_settings().topology_path
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no topology at {path}: start the local stack (`retail stack up`), or set "
+            "RETAIL_TOPOLOGY_FILE to the topology JSON of the platform to use "
+            "(`Topology.to_json()`, e.g. docker/consumer/topology.json)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the topology at {path}: {exc}") from exc
+    try:
+        return Topology.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{path} is not a topology (Topology.to_json() output expected): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from retail.errors import ConfigError
+from retail.settings import Settings
 from retail.topology import (
     MAX_RF,
     REGIONS,
     Topology,
     balanced_tokens,
     build_topology,
+    current_topology,
     parse_node_counts,
     profile_topology,
 )
@@ -107,3 +111,28 @@ def test_lookup_by_name_or_address_and_a_clear_error_otherwise() -> None:
 def test_topology_survives_a_json_round_trip() -> None:
     topo = build_topology({"eu-west": 2, "us-east": 1, "ap-southeast": 3}, brokers=3)
     assert Topology.from_json(topo.to_json()) == topo
+
+
+def test_clients_read_the_topology_file_the_settings_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RETAIL_TOPOLOGY_FILE", raising=False)
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path / "state"))
+    # Unset: the file the local stack writes, so nothing changes for the stack's users.
+    assert Settings().topology_path == tmp_path / "state" / "stack" / "topology.json"
+    deployed = tmp_path / "etc" / "topology.json"
+    monkeypatch.setenv("RETAIL_TOPOLOGY_FILE", str(deployed))
+    assert Settings().topology_path == deployed
+    deployed.parent.mkdir()
+    topo = profile_topology("demo")
+    deployed.write_text(topo.to_json())
+    assert current_topology(deployed) == topo
+
+
+def test_a_missing_or_broken_topology_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"retail stack up.*RETAIL_TOPOLOGY_FILE"):
+        current_topology(tmp_path / "nothing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"datacenters": []}')
+    with pytest.raises(ConfigError, match="is not a topology"):
+        current_topology(broken)
