@@ -27,6 +27,7 @@ from pipeline import drain, fresh_topics, log, ready_stack, run_consumers, trunc
 
 from retail.cassandra import connect
 from retail.generator import StreamGenerator
+from retail.kafka import client_config
 from retail.ops import audit
 from retail.producer import EventProducer, records_from_events
 from retail.settings import get_settings
@@ -48,7 +49,7 @@ def audit_once(topology: Topology, topics, sessions, window: tuple[int, int]) ->
     audited = [topics.topic(r, k) for r in topics.regions for k in ("orders", "inventory")]
     started = time.perf_counter()
     report = audit.audit(
-        bootstrap=topology.bootstrap_servers,
+        client=client_config(topology),
         topics=topics,
         audited=[*audited, topics.unrouted],
         sessions=sessions,

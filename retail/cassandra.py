@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cassandra import ConsistencyLevel
@@ -15,11 +17,138 @@ from cassandra.policies import (
     TokenAwarePolicy,
     WhiteListRoundRobinPolicy,
 )
+from pydantic import SecretStr
 
+from retail.errors import ConfigError
 from retail.settings import Settings, get_settings
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
+
+# Cluster() arguments the platform sets itself in connect(): where to connect (the topology),
+# how to route (token- and DC-aware), credentials and TLS (ClientOptions' own fields).
+PLATFORM_CLUSTER_ARGS = frozenset(
+    {
+        "contact_points",
+        "port",
+        "execution_profiles",
+        "load_balancing_policy",
+        "auth_provider",
+        "ssl_context",
+        "ssl_options",
+        "endpoint_factory",
+        "cloud",
+    }
+)
+# The other arguments of the driver's Cluster() that configuration (a connection's JSON extra)
+# can carry: those that take a plain value. The rest take objects (policies, classes).
+CLUSTER_ARGS = frozenset(
+    {
+        "protocol_version",
+        "cql_version",
+        "compression",
+        "connect_timeout",
+        "control_connection_timeout",
+        "idle_heartbeat_interval",
+        "idle_heartbeat_timeout",
+        "executor_threads",
+        "max_schema_agreement_wait",
+        "schema_metadata_enabled",
+        "token_metadata_enabled",
+        "metrics_enabled",
+        "prepare_on_all_hosts",
+        "reprepare_on_up",
+        "allow_beta_protocol_version",
+        "no_compact",
+        "application_name",
+        "application_version",
+        "monitor_reporting_enabled",
+        "monitor_reporting_interval",
+        "schema_event_refresh_window",
+        "topology_event_refresh_window",
+        "status_event_refresh_window",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """Encrypted client traffic: the CA that signs the nodes' certificates (the system's when
+    unset), a client certificate for mutual TLS, and whether the node's name must match its
+    certificate. The keys are the ones the driver's (and Airflow's Cassandra provider's)
+    ``ssl_options`` use."""
+
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    check_hostname: bool = True
+    cert_reqs: str = "CERT_REQUIRED"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> TlsOptions:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown TLS option(s) {unknown}; use: {', '.join(sorted(known))}")
+        opts = cls(**raw)
+        if opts.cert_reqs not in ("CERT_REQUIRED", "CERT_OPTIONAL", "CERT_NONE"):
+            raise ConfigError(
+                f"cert_reqs {opts.cert_reqs!r}: use CERT_REQUIRED, CERT_OPTIONAL or CERT_NONE"
+            )
+        if opts.check_hostname and opts.cert_reqs == "CERT_NONE":
+            raise ConfigError("check_hostname needs a verified certificate: not with CERT_NONE")
+        if opts.keyfile and not opts.certfile:
+            raise ConfigError("keyfile without certfile: name the client certificate too")
+        return opts
+
+    def context(self) -> ssl.SSLContext:
+        """The SSL context the driver wraps its connections in."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = self.check_hostname
+        ctx.verify_mode = getattr(ssl, self.cert_reqs)
+        if self.ca_certs:
+            ctx.load_verify_locations(self.ca_certs)
+        else:
+            ctx.load_default_certs()
+        if self.certfile:
+            ctx.load_cert_chain(self.certfile, self.keyfile)
+        return ctx
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How a client reaches the cluster beyond the topology's addresses: credentials, TLS, and
+    any other option of the driver's ``Cluster`` (``cluster``, by argument name)."""
+
+    username: str | None = None
+    password: SecretStr | None = field(default=None, repr=False)
+    tls: TlsOptions | None = None
+    cluster: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        refused = sorted(set(self.cluster) & PLATFORM_CLUSTER_ARGS)
+        if refused:
+            raise ConfigError(
+                f"Cluster option(s) {refused} are the platform's: contact points and ports come "
+                "from the topology, routing is token- and DC-aware, credentials and TLS have "
+                "their own fields"
+            )
+        unknown = sorted(set(self.cluster) - CLUSTER_ARGS)
+        if unknown:
+            raise ConfigError(
+                f"unknown Cluster option(s) {unknown}; the driver's Cluster() takes: "
+                + ", ".join(sorted(CLUSTER_ARGS))
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientOptions:
+        """Credentials from the settings (``RETAIL_CASSANDRA_USERNAME``/``_PASSWORD``)."""
+        return cls(settings.cassandra_username, settings.cassandra_password)
+
+    def auth_provider(self) -> PlainTextAuthProvider | None:
+        if not (self.username and self.password):
+            return None
+        return PlainTextAuthProvider(self.username, self.password.get_secret_value())
 
 
 def consistency(name: str) -> int:
@@ -62,23 +191,18 @@ def read_level_for(write_level: str, replication_factor: int) -> str:
     return "LOCAL_ONE" if r <= 1 else "LOCAL_QUORUM" if r <= quorum else "ALL"
 
 
-def connect(
+def cluster_for(
     topology: Topology,
     local_dc: str,
     *,
-    keyspace: str | None = None,
     consistency_level: str = "LOCAL_QUORUM",
     pin_to_dc: bool = False,
     request_timeout: float = 10.0,
-    settings: Settings | None = None,
-) -> tuple[Cluster, Session]:
-    """A session whose coordinators are the nodes of ``local_dc``, chosen by token.
-
-    ``pin_to_dc`` never lets a request leave the DC, even if every local node is down: for
-    checks that must read one DC's replicas only (the driver's DC-aware policy does not
-    fail over to remote DCs by default either, but this makes it explicit).
-    """
-    settings = settings or get_settings()
+    options: ClientOptions | None = None,
+) -> Cluster:
+    """The driver's ``Cluster`` for a session in ``local_dc`` (not connected yet): see
+    :func:`connect`."""
+    options = options or ClientOptions()
     dc = topology.datacenter(local_dc)
     child = (
         WhiteListRoundRobinPolicy(dc.contact_points)
@@ -90,18 +214,46 @@ def connect(
         consistency_level=consistency(consistency_level),
         request_timeout=request_timeout,
     )
-    auth = None
-    if settings.cassandra_username and settings.cassandra_password:
-        auth = PlainTextAuthProvider(
-            settings.cassandra_username, settings.cassandra_password.get_secret_value()
-        )
-    cluster = Cluster(
+    return Cluster(
+        **{"protocol_version": 5, **options.cluster},
         contact_points=dc.contact_points,
         port=dc.nodes[0].cql_port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-        auth_provider=auth,
-        protocol_version=5,
+        auth_provider=options.auth_provider(),
+        ssl_context=options.tls.context() if options.tls else None,
+    )
+
+
+def connect(
+    topology: Topology,
+    local_dc: str,
+    *,
+    keyspace: str | None = None,
+    consistency_level: str = "LOCAL_QUORUM",
+    pin_to_dc: bool = False,
+    request_timeout: float = 10.0,
+    settings: Settings | None = None,
+    options: ClientOptions | None = None,
+) -> tuple[Cluster, Session]:
+    """A session whose coordinators are the nodes of ``local_dc``, chosen by token.
+
+    ``pin_to_dc`` never lets a request leave the DC, even if every local node is down: for
+    checks that must read one DC's replicas only (the driver's DC-aware policy does not
+    fail over to remote DCs by default either, but this makes it explicit). ``options``:
+    credentials, TLS and other driver options (default: the settings' credentials).
+    """
+    if options is None:
+        options = ClientOptions.from_settings(settings or get_settings())
+    cluster = cluster_for(
+        topology,
+        local_dc,
+        consistency_level=consistency_level,
+        pin_to_dc=pin_to_dc,
+        request_timeout=request_timeout,
+        options=options,
     )
     session = cluster.connect(keyspace)
-    log.debug("connected to %s (local DC %s, %s)", dc.contact_points, local_dc, consistency_level)
+    log.debug(
+        "connected to %s (local DC %s, %s)", cluster.contact_points, local_dc, consistency_level
+    )
     return cluster, session

@@ -6,9 +6,12 @@ running stack) and in a deployment from Airflow's connection store or a secrets 
 
 - ``retail_cassandra``: contact points and port, credentials, and in ``extra`` the local DC the
   DAGs coordinate from and the cluster's topology (DCs, nodes, their JMX/Jolokia endpoints): the
-  desired state that replication and ring checks compare the live cluster against.
-- ``retail_kafka``: ``extra`` is the librdkafka config (``bootstrap.servers``), the format of
-  Airflow's Kafka provider.
+  desired state that replication and ring checks compare the live cluster against. The extra
+  may also carry ``ssl_options`` (TLS) and any plain-valued option of the driver's ``Cluster()``
+  (``protocol_version``, ``connect_timeout``, ...): the hook hands them all on.
+- ``retail_kafka``: ``extra`` is the librdkafka config (``bootstrap.servers`` and any client
+  property: ``security.protocol``, ``ssl.*``, ``sasl.*``), the format of Airflow's Kafka
+  provider; a login and password are the SASL credentials.
 - ``retail_statsd``: host and port of the StatsD server.
 """
 

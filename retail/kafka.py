@@ -14,7 +14,9 @@ reason and its origin in headers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -216,6 +218,15 @@ def misrouted(topics: Topics, topic: str, header: str | None, region: str, kind:
     return None
 
 
+ClientConfig = Mapping[str, Any]  # librdkafka properties: bootstrap.servers, security.*, sasl.*
+
+
+def client_config(topology: Topology) -> dict[str, Any]:
+    """The librdkafka config that reaches ``topology``'s brokers, as a base for any client (a
+    connection's extra is the same thing in a deployment: credentials and TLS included)."""
+    return {"bootstrap.servers": topology.bootstrap_servers}
+
+
 def judge(
     topics: Topics, topic: str, region_header: str | None, value: bytes
 ) -> tuple[Event | None, str | None]:
@@ -233,7 +244,7 @@ def judge(
 
 def ensure_topics(topology: Topology, topics: Topics, timeout: float = 30.0) -> list[str]:
     """Create the platform's topics if missing; returns the ones created."""
-    admin = AdminClient({"bootstrap.servers": topology.bootstrap_servers})
+    admin = AdminClient(client_config(topology))
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
@@ -268,13 +279,7 @@ def group_lag(
     committed yet."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": topology.bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = Consumer({**client_config(topology), "group.id": group, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         total = 0

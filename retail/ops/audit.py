@@ -52,7 +52,7 @@ from retail.aggregates import ms
 from retail.cassandra import run_all
 from retail.errors import RetailError
 from retail.events import Event, Order
-from retail.kafka import Topics
+from retail.kafka import ClientConfig, Topics
 from retail.rows import KEYSPACE, identity, utc_day
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,10 @@ class AuditReport:
 # -- Kafka ---------------------------------------------------------------------------------------
 
 
-def _consumer(bootstrap: str, group: str) -> Consumer:
+def _consumer(client: ClientConfig, group: str) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **client,
             "group.id": group,  # never subscribed, never committed: assign() only
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -300,14 +300,14 @@ def chunks(items: Iterable[Seen], size: int) -> Iterator[list[Seen]]:
 
 
 def read_dead_letter_origins(
-    bootstrap: str, deadletter: str, since_ms: int, *, timeout: float = 120.0
+    client: ClientConfig, deadletter: str, since_ms: int, *, timeout: float = 120.0
 ) -> set[tuple[str, int, int]]:
     """(topic, partition, offset) of every message dead-lettered since ``since_ms``.
 
     A dead letter is produced after the message it carries, so reading from the window's start
     to the end of the dead-letter topic finds every dead letter of the window's messages.
     """
-    consumer = _consumer(bootstrap, conv.AUDIT_GROUP)
+    consumer = _consumer(client, conv.AUDIT_GROUP)
     origins: set[tuple[str, int, int]] = set()
     try:
         meta = consumer.list_topics(deadletter, timeout=10)
@@ -332,12 +332,12 @@ def read_dead_letter_origins(
 
 
 def committed_offsets(
-    bootstrap: str, groups: list[str], partitions: list[tuple[str, int]]
+    client: ClientConfig, groups: list[str], partitions: list[tuple[str, int]]
 ) -> dict[str, dict[tuple[str, int], int]]:
     """group -> (topic, partition) -> next offset it will read (absent: nothing committed)."""
     out: dict[str, dict[tuple[str, int], int]] = {}
     for group in groups:
-        c = _consumer(bootstrap, group)
+        c = _consumer(client, group)
         try:
             got = c.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
         except KafkaException as exc:
@@ -422,7 +422,7 @@ class RegionReads:
 
 def audit(
     *,
-    bootstrap: str,
+    client: ClientConfig,
     topics: Topics,
     audited: list[str],
     sessions: Callable[[str], Session],
@@ -434,18 +434,19 @@ def audit(
 ) -> AuditReport:
     """Reconcile the window [start_ms, end_ms) of the ``audited`` topics with Cassandra.
 
+    ``client`` is the librdkafka config that reaches Kafka (credentials and TLS included);
     ``sessions(region)`` returns a session whose local DC is that region, at LOCAL_QUORUM.
     """
     report = AuditReport(start_ms, end_ms, {t: TopicAudit(t) for t in audited})
-    consumer = _consumer(bootstrap, conv.AUDIT_GROUP)
+    consumer = _consumer(client, conv.AUDIT_GROUP)
     try:
         spans = [s for s in window_spans(consumer, audited, start_ms, end_ms) if s.end > s.start]
         total = sum(s.end - s.start for s in spans)
         progress(f"{total} messages in {len(spans)} partitions of {len(audited)} topics")
         groups = sorted({group_of(s.topic, topics) for s in spans})
         parts = sorted({(s.topic, s.partition) for s in spans})
-        committed = committed_offsets(bootstrap, groups, parts) if parts else {}
-        origins = read_dead_letter_origins(bootstrap, topics.deadletter, start_ms)
+        committed = committed_offsets(client, groups, parts) if parts else {}
+        origins = read_dead_letter_origins(client, topics.deadletter, start_ms)
         prepared: dict[str, RegionReads] = {}
 
         def reads(region: str) -> RegionReads:

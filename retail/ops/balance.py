@@ -37,7 +37,7 @@ from retail.jolokia import (
     jolokia_read,
     ring_view,
 )
-from retail.kafka import BALANCE_GROUP, Topics
+from retail.kafka import BALANCE_GROUP, ClientConfig, Topics
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,11 @@ def key_shares(keys: Iterable[bytes | None], top: int = 3) -> list[tuple[str, fl
     return [(k, c / n) for k, c in counts.most_common(top)] if n else []
 
 
-def _consumer(bootstrap: str, group: str) -> Consumer:
+def _consumer(client: ClientConfig, group: str) -> Consumer:
     # A group id is required by the client, but nothing is subscribed or committed with it.
     return Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **client,
             "group.id": group,
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -162,7 +162,7 @@ def _sample_keys(
 
 
 def check_kafka(
-    bootstrap: str,
+    client: ClientConfig,
     topics: list[str],
     groups: list[str],
     *,
@@ -170,15 +170,18 @@ def check_kafka(
     timeout: float = 10.0,
     now: float | None = None,
 ) -> KafkaBalance:
-    """Rates, sizes, skew and hot keys of ``topics``; lag of ``groups``; leaders per broker."""
+    """Rates, sizes, skew and hot keys of ``topics``; lag of ``groups``; leaders per broker.
+    ``client`` is the librdkafka config that reaches Kafka (credentials and TLS included)."""
     now = time.time() if now is None else now
     since_ms = int((now - window_seconds) * 1000)
-    consumer = _consumer(bootstrap, BALANCE_GROUP)
+    consumer = _consumer(client, BALANCE_GROUP)
     try:
         try:
             meta = consumer.list_topics(timeout=timeout)
         except KafkaException as exc:
-            raise BalanceError(f"Kafka at {bootstrap} did not answer: {exc}") from exc
+            raise BalanceError(
+                f"Kafka at {client.get('bootstrap.servers')} did not answer: {exc}"
+            ) from exc
         leaders: Counter[int] = Counter()
         for tmeta in meta.topics.values():
             for pmeta in tmeta.partitions.values():
@@ -235,7 +238,7 @@ def check_kafka(
     lag: dict[str, dict[str, dict[int, int]]] = {}
     without: list[str] = []
     for group in groups if topics else []:
-        gc = _consumer(bootstrap, group)
+        gc = _consumer(client, group)
         try:
             wanted = [TopicPartition(t, p) for t in topics for p in watermarks[t]]
             committed = gc.committed(wanted, timeout=timeout)

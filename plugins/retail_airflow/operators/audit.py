@@ -96,7 +96,7 @@ class PipelineAuditOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         prefix, window, settle, short = self._validate()
         hook = RetailCassandraHook(self.cassandra_conn_id)
-        bootstrap = RetailKafkaHook(self.kafka_conn_id).bootstrap_servers
+        kafka = RetailKafkaHook(self.kafka_conn_id)
         topics = Topics.named(prefix)
         # Every region's topics of the chosen kinds, and the unrouted topic (all dead letters).
         audited = [topics.topic(r, kind) for r in topics.regions for kind in short]
@@ -139,7 +139,7 @@ class PipelineAuditOperator(BaseOperator):
 
             try:
                 report = audit.audit(
-                    bootstrap=bootstrap,
+                    client=kafka.config,
                     topics=topics,
                     audited=audited,
                     sessions=session,

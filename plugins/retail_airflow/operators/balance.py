@@ -66,15 +66,19 @@ class BalanceCheckOperator(BaseOperator):
         prefix, window, threshold = self._validate()
         cassandra_hook = RetailCassandraHook(self.cassandra_conn_id)
         topology = cassandra_hook.topology()
-        bootstrap = RetailKafkaHook(self.kafka_conn_id).bootstrap_servers
+        kafka_hook = RetailKafkaHook(self.kafka_conn_id)
         topics = Topics.named(prefix)
         names = topics.all
         groups = [topics.group(dc.name) for dc in topology.datacenters]
         self.log.info(
-            "Kafka %s: topics %s, groups %s, window %.0fs", bootstrap, names, groups, window
+            "Kafka %s: topics %s, groups %s, window %.0fs",
+            kafka_hook.bootstrap_servers,
+            names,
+            groups,
+            window,
         )
         # Kafka or every Cassandra node unreachable raises BalanceError: worth a retry.
-        kafka = balance.check_kafka(bootstrap, names, groups, window_seconds=window)
+        kafka = balance.check_kafka(kafka_hook.config, names, groups, window_seconds=window)
         self.log.info("Cassandra: %d nodes over Jolokia", len(topology.nodes))
         cassandra = balance.check_cassandra(topology)
 
