@@ -19,7 +19,7 @@ from cassandra.policies import (
 )
 from pydantic import SecretStr
 
-from retail.errors import ConfigError
+from retail.errors import ConfigError, RetailError
 from retail.settings import Settings, get_settings
 from retail.topology import Topology
 
@@ -160,20 +160,47 @@ def consistency(name: str) -> int:
         raise ValueError(f"unknown consistency level {name!r}; use one of: {valid}") from None
 
 
+class StatementsFailed(RetailError):
+    """Statements of a concurrent run failed, every one of them tried: ``failures`` maps each
+    failed statement's index to its error (the driver's own: Unavailable or a timeout means
+    retry later)."""
+
+    def __init__(self, failures: dict[int, BaseException], total: int) -> None:
+        self.failures = failures
+        self.total = total
+        first = self.first
+        super().__init__(
+            f"{len(failures)} of {total} statements failed; first: {type(first).__name__}: {first}"
+        )
+
+    @property
+    def first(self) -> BaseException:
+        return self.failures[min(self.failures)]
+
+
 def run_all(
-    session: Session, statements: Sequence[tuple[Any, Sequence[object]]], concurrency: int = 64
+    session: Session,
+    statements: Sequence[tuple[Any, Sequence[object]]],
+    concurrency: int = 64,
+    *,
+    stop_on_first_error: bool = True,
 ) -> list[list[Any]]:
-    """Execute ``statements`` concurrently and return every result's rows, in order; the first
-    failure raises (the driver's own error: Unavailable or a timeout means retry later)."""
+    """Execute ``statements`` concurrently, at most ``concurrency`` in flight, and return every
+    result's rows, in order. The first failure raises (the driver's own error: Unavailable or
+    a timeout means retry later); with ``stop_on_first_error=False`` every statement is tried
+    and the failures are raised together (:class:`StatementsFailed`)."""
     if not statements:
         return []
     results = execute_concurrent(
         session,
         statements,
         concurrency=concurrency,
-        raise_on_first_error=True,
+        raise_on_first_error=stop_on_first_error,
         results_generator=False,
     )
+    failures = {i: r for i, (ok, r) in enumerate(results) if not ok}
+    if failures:
+        raise StatementsFailed(failures, len(statements))
     return [list(rows) for _, rows in results]
 
 

@@ -29,7 +29,6 @@ from typing import Any
 
 from cassandra import InvalidRequest, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable, Session
-from cassandra.concurrent import execute_concurrent
 from cassandra.query import (
     BatchStatement,
     BatchType,
@@ -49,7 +48,7 @@ from retail.aggregates import (
     apply_batch,
     bucket_from_row,
 )
-from retail.cassandra import consistency
+from retail.cassandra import StatementsFailed, consistency, run_all
 from retail.errors import RetailError
 from retail.events import Event
 from retail.metrics import Metrics
@@ -215,7 +214,7 @@ class CassandraSink:
                 tables.append(table)
         out: dict[tuple[str, str], tuple[Event, str | None]] = {}
         for table, rows in zip(tables, self._run(statements, "identity read"), strict=True):
-            for row in rows:  # type: ignore[attr-defined]
+            for row in rows:
                 event, source = event_from_row(table, row)
                 out[(table, row[0])] = (event, source)
         return out
@@ -244,7 +243,7 @@ class CassandraSink:
         out: dict[BucketKey, Bucket] = {}
         for (table, prefix), rows in zip(reads, self._run(statements, "rollup read"), strict=True):
             key_type = KEY_OF[table]
-            for row in rows:  # type: ignore[attr-defined]
+            for row in rows:
                 out[key_type(*prefix, row[0])] = bucket_from_row(table, row)
         return out
 
@@ -252,7 +251,7 @@ class CassandraSink:
         statements = [
             (self.movements_since, (late.key.store_id, day, late.after)) for day in late.days
         ]
-        return [row for rows in self._run(statements, "late count read") for row in rows]  # type: ignore[attr-defined]
+        return [row for rows in self._run(statements, "late count read") for row in rows]
 
     def write_buckets(self, buckets: Sequence[tuple[BucketKey, Bucket]]) -> None:
         rows = [
@@ -276,7 +275,9 @@ class CassandraSink:
         if rows:
             self._run([(b, ()) for b in partition_batches(rows, self.batch_rows)], what)
 
-    def _run(self, statements: Sequence[tuple[Any, Sequence[object]]], what: str) -> list[object]:
+    def _run(
+        self, statements: Sequence[tuple[Any, Sequence[object]]], what: str
+    ) -> list[list[Any]]:
         """Execute concurrently (at most ``concurrency`` in flight); raise on any failure."""
         if not statements:
             return []
@@ -292,22 +293,20 @@ class CassandraSink:
                 self.retry_after, NoHostAvailable(f"no node of {self.local_dc} is up", {})
             )
         try:
-            results = execute_concurrent(
-                self.session, statements, concurrency=self.concurrency, raise_on_first_error=False
-            )
+            # Every statement is tried: the failures are counted, and the retry of the batch
+            # redoes only what the writes' idempotency makes harmless anyway.
+            return run_all(self.session, statements, self.concurrency, stop_on_first_error=False)
         except (RecursionError, TypeError) as exc:
             raise SinkBackpressureError(self.retry_after, exc) from exc
-        failures = [r for ok, r in results if not ok]
-        if failures:
-            first = failures[0]
-            self.metrics.incr(f"sink.errors.{type(first).__name__}", len(failures))
+        except StatementsFailed as failed:
+            first = failed.first
+            self.metrics.incr(f"sink.errors.{type(first).__name__}", len(failed.failures))
             if isinstance(first, RETRIABLE):
-                raise SinkBackpressureError(self.retry_after, first)
+                raise SinkBackpressureError(self.retry_after, first) from None
             hint = ""
             if isinstance(first, InvalidRequest) and "unconfigured table" in str(first):
                 hint = "; the schema is not migrated: run `retail migrate`"
             raise SinkError(
-                f"{len(failures)} of {len(statements)} {what}s failed; first: "
+                f"{len(failed.failures)} of {len(statements)} {what}s failed; first: "
                 f"{type(first).__name__}: {first}{hint}"
             ) from first
-        return [r for _, r in results]

@@ -51,9 +51,9 @@ from typing import Any, Protocol
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, Session
-from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import SimpleStatement
 
+from retail.cassandra import run_all
 from retail.catalog import View
 from retail.errors import RetailError
 from retail.topology import Topology
@@ -489,11 +489,8 @@ class CassandraSource:
         return self._range(self._view_range, start, end)
 
     def _concurrent(self, stmt: Any, params: list[tuple]) -> Iterator[Row]:
-        for ok, result in execute_concurrent_with_args(
-            self.session, stmt, params, concurrency=CONCURRENCY, raise_on_first_error=True
-        ):
-            assert ok  # raise_on_first_error: a failure raised already
-            for r in result:
+        for rows in run_all(self.session, [(stmt, p) for p in params], CONCURRENCY):
+            for r in rows:
                 yield self._row(r)
 
     def view_rows(self, rows: Sequence[Row]) -> dict[tuple, Row]:
