@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,6 +203,37 @@ def run_all(
     if failures:
         raise StatementsFailed(failures, len(statements))
     return [list(rows) for _, rows in results]
+
+
+AGREEMENT_TIMEOUT_SECONDS = 120.0
+
+
+class SchemaAgreementError(RetailError):
+    """The nodes did not agree on the schema in time (a node slow or down): a retry may
+    succeed."""
+
+
+def wait_for_schema_agreement(
+    cluster: Cluster,
+    after: str,
+    *,
+    timeout: float | None = AGREEMENT_TIMEOUT_SECONDS,
+    then: str = ", then try again",
+    error: type[RetailError] = SchemaAgreementError,
+) -> float:
+    """Wait until every node that is up reports the same schema version as the control
+    connection's node (the one a schema change should be sent to, so that the others are
+    compared with the newest schema); returns the seconds it took. Raises ``error`` saying what
+    it waited for (``after``) and what to do (``then``) if they do not agree within
+    ``timeout`` seconds (None: the driver's ``max_schema_agreement_wait``)."""
+    wait = cluster.max_schema_agreement_wait if timeout is None else timeout
+    started = time.monotonic()
+    if not cluster.control_connection.wait_for_schema_agreement(wait_time=wait):
+        raise error(
+            f"nodes did not agree on the schema within {wait:.0f}s after {after}; check "
+            f"`retail stack status` for a node slow or down{then}"
+        )
+    return time.monotonic() - started
 
 
 def read_level_for(write_level: str, replication_factor: int) -> str:

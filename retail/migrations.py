@@ -47,6 +47,7 @@ from cassandra import ConsistencyLevel, RequestValidationException
 from cassandra.cluster import Cluster, Session
 from cassandra.query import SimpleStatement
 
+from retail.cassandra import AGREEMENT_TIMEOUT_SECONDS, wait_for_schema_agreement
 from retail.errors import RetailError
 from retail.ops import replication
 from retail.topology import Topology
@@ -61,7 +62,6 @@ _FILE = re.compile(r"^V(\d{3,})__([a-z0-9_]+)\.cql$")
 # the TTL, so a retry after a killed try finds the lock free.
 LOCK_TTL_SECONDS = 120
 LOCK_RENEW_SECONDS = 20
-AGREEMENT_TIMEOUT_SECONDS = 120
 DDL_TIMEOUT_SECONDS = 60
 
 
@@ -548,15 +548,13 @@ class MigrationLock:
 
 
 def _agree(cluster: Cluster, what: str, timeout: float = AGREEMENT_TIMEOUT_SECONDS) -> float:
-    """Wait until every node that is up reports the same schema version; returns the seconds
-    it took."""
-    started = time.monotonic()
-    if not cluster.control_connection.wait_for_schema_agreement(wait_time=timeout):
-        raise SchemaAgreementError(
-            f"nodes did not agree on the schema within {timeout:.0f}s after {what}; check "
-            "`retail stack status` for a node slow or down, then run the migration again"
-        )
-    return time.monotonic() - started
+    return wait_for_schema_agreement(
+        cluster,
+        what,
+        timeout=timeout,
+        then=", then run the migration again",
+        error=SchemaAgreementError,
+    )
 
 
 @dataclass

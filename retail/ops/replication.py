@@ -37,6 +37,7 @@ from typing import Any
 
 from cassandra.cluster import Cluster, Session
 
+from retail.cassandra import wait_for_schema_agreement
 from retail.errors import RetailError
 from retail.topology import Topology
 
@@ -255,11 +256,14 @@ def fix(
     statement = alter_statement(drift, topology, allowed, allow_decrease=allow_decrease)
     log.info("fixing replication drift of %s: %s", drift.keyspace, statement)
     session.execute(statement)
-    if not cluster.control_connection.wait_for_schema_agreement():
-        raise ReplicationError(
-            f"{drift.keyspace}: the nodes did not agree on the schema after the ALTER; check that "
-            "every node is up (`retail stack status`) and rerun"
-        )
+    # The driver's max_schema_agreement_wait (10 s by default): what this step always waited.
+    wait_for_schema_agreement(
+        cluster,
+        f"altering {drift.keyspace}'s replication",
+        timeout=None,
+        then=", then rerun",
+        error=ReplicationError,
+    )
     return statement
 
 

@@ -53,7 +53,7 @@ from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, Session
 from cassandra.query import SimpleStatement
 
-from retail.cassandra import run_all
+from retail.cassandra import run_all, wait_for_schema_agreement
 from retail.catalog import View
 from retail.errors import RetailError
 from retail.topology import Topology
@@ -623,11 +623,7 @@ def audit_view(
 
 
 def _agree(cluster: Cluster, what: str) -> None:
-    if not cluster.control_connection.wait_for_schema_agreement(wait_time=120):
-        raise ViewError(
-            f"nodes did not agree on the schema within 120s after {what}; check `retail stack "
-            "status` for nodes down; the task retries"
-        )
+    wait_for_schema_agreement(cluster, what, then="; the task retries", error=ViewError)
 
 
 def view_id(session: Session, view: View) -> uuid.UUID | None:

@@ -6,7 +6,7 @@ import uuid
 
 from cassandra.query import SimpleStatement
 
-from retail.cassandra import connect, consistency
+from retail.cassandra import connect, consistency, wait_for_schema_agreement
 from retail.topology import Topology
 
 KEYSPACE = "it_replication"
@@ -23,7 +23,7 @@ def test_a_local_quorum_write_in_one_dc_reads_back_at_local_one_in_every_other(
             f"WITH replication = {topology.replication_cql()}"
         )
         session.execute(f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.kv (k uuid PRIMARY KEY, v text)")
-        assert cluster.control_connection.wait_for_schema_agreement(wait_time=60)
+        wait_for_schema_agreement(cluster, "creating the table", timeout=60)
 
         row = session.execute(
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [KEYSPACE]

@@ -14,7 +14,7 @@ import pytest
 from cassandra.cluster import Cluster, Session
 
 from retail import migrations
-from retail.cassandra import connect
+from retail.cassandra import connect, wait_for_schema_agreement
 from retail.catalog import catalog
 from retail.events import Event, InventoryMovement, Order
 from retail.generator import StreamGenerator
@@ -52,7 +52,7 @@ def _ensure_view(cluster: Cluster, session: Session) -> None:
     cluster.refresh_schema_metadata()
     if VIEW.name not in cluster.metadata.keyspaces["retail"].views:
         session.execute(VIEW.ddl.strip().rstrip(";"), timeout=120)
-        assert cluster.control_connection.wait_for_schema_agreement(wait_time=120)
+        wait_for_schema_agreement(cluster, f"creating {VIEW.name}")
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_a_corrupted_rollup_and_a_dropped_view_are_rebuilt(
         (s_store, sku),
     )
     session.execute(f"DROP MATERIALIZED VIEW retail.{VIEW.name}", timeout=120)
-    assert cluster.control_connection.wait_for_schema_agreement(wait_time=120)
+    wait_for_schema_agreement(cluster, f"dropping {VIEW.name}")
     assert stored_rollups(session) != expected
     corrected = 'retail_rollup_corrected_total{table="%s"}'
     before = {t: exporter_value(topology, corrected % t) for t in expected}

@@ -16,7 +16,7 @@ import pytest
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
 
-from retail.cassandra import connect
+from retail.cassandra import connect, wait_for_schema_agreement
 from retail.connections import CASSANDRA_CONN_ID, environment
 from retail.jolokia import STORAGE_SERVICE
 from retail.ops import repair, repair_lease, replication
@@ -50,7 +50,7 @@ def _replication(session: Session, keyspace: str) -> dict[str, str]:
 def _alter(session: Session, keyspace: str, replication_map: dict[str, Any]) -> None:
     literal = "{" + ", ".join(f"'{k}': '{v}'" for k, v in replication_map.items()) + "}"
     session.execute(f'ALTER KEYSPACE "{keyspace}" WITH replication = {literal}')
-    assert session.cluster.control_connection.wait_for_schema_agreement()
+    wait_for_schema_agreement(session.cluster, f"altering {keyspace}", timeout=None)
 
 
 def test_drift_is_reported_and_fixed_only_when_allowed(
