@@ -1,21 +1,51 @@
 """The retail questions, answered from the query tables and the materialized view.
 
 Every query reads one partition (a region's day, a store's day, a customer, a store): the
-tables were shaped for these questions, so no query scans the cluster. The top products of a
-region's day add up its stores' days (the stores come from the region's day).
+tables were shaped for these questions, so no query scans the cluster. What spans several
+stores (a region's top products, its sales per hour) adds up the stores' own partitions, read
+concurrently; the stores come from the region's day.
+
+Revenue stays per currency everywhere: a region's stores sell in several currencies, and a sum
+of euros and pounds means nothing. What is added across stores of different currencies is a
+count (orders, units).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent_with_args
 
+from retail.cassandra import run_all
 from retail.rows import KEYSPACE
+
+HOURS = range(24)
+
+# The single-partition reads done once per store; each is prepared once per call and its
+# partitions read concurrently.
+QUERIES = {
+    "store_hours": (
+        f"SELECT hour, order_count, revenue_cents, currency FROM {KEYSPACE}.sales_by_store_hour "
+        "WHERE store_id = ? AND day = ?"
+    ),
+    "store_products": (
+        f"SELECT sku, units, revenue_cents FROM {KEYSPACE}.product_sales_by_store_day "
+        "WHERE store_id = ? AND day = ?"
+    ),
+    "store_stock": f"SELECT sku, quantity, as_of FROM {KEYSPACE}.stock_by_store WHERE store_id = ?",
+}
+
+# The rollups the report reads, for a reader who wants to know where the numbers come from.
+SOURCES = (
+    "sales_by_region_day",
+    "sales_by_store_hour",
+    "product_sales_by_store_day",
+    "stock_by_store",
+)
 
 
 @dataclass(frozen=True)
@@ -42,14 +72,33 @@ class ProductSales:
     revenue_by_currency: dict[str, int]  # minor units; never summed across currencies
 
 
+@dataclass(frozen=True)
+class HourSales:
+    hour: int
+    orders: int
+    revenue_by_currency: dict[str, int]  # minor units; never summed across currencies
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    store_id: str
+    sku: str
+    quantity: int
+    as_of: str
+
+
 @dataclass
 class Report:
     day: str
     regions: list[RegionSales] = field(default_factory=list)
     top_products: dict[str, list[ProductSales]] = field(default_factory=dict)
+    # Every hour of the day (0 to 23) per region, its stores' hours added up.
+    region_hours: dict[str, list[HourSales]] = field(default_factory=dict)
     store_hours: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     customer_orders: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     stock: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The lowest levels among the stores in ``stock``, lowest first.
+    lowest_stock: list[StockLevel] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,18 +131,19 @@ def top_products(
 ) -> list[ProductSales]:
     """The products that sold the most units in ``stores`` on ``day``, with their revenue in
     each currency they sold in."""
+    stmt = session.prepare(QUERIES["store_products"])
+    results = run_all(session, [(stmt, (s.store_id, day)) for s in stores], concurrency=32)
+    return rank_products(zip(stores, results, strict=True), limit)
+
+
+def rank_products(
+    sold: Iterable[tuple[StoreSales, Iterable[Any]]], limit: int
+) -> list[ProductSales]:
+    """The ``limit`` products with the most units over the stores' product rows (``sku``,
+    ``units``, ``revenue_cents``), revenue kept in each store's currency; ties by SKU."""
     units: dict[str, int] = defaultdict(int)
     revenue: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    stmt = session.prepare(
-        f"SELECT sku, units, revenue_cents FROM {KEYSPACE}.product_sales_by_store_day "
-        "WHERE store_id = ? AND day = ?"
-    )
-    results = execute_concurrent_with_args(
-        session, stmt, [(s.store_id, day) for s in stores], concurrency=32
-    )
-    for (ok, rows), store in zip(results, stores, strict=True):
-        if not ok:
-            raise rows
+    for store, rows in sold:
         for r in rows:
             units[r.sku] += r.units
             revenue[r.sku][store.currency or "?"] += r.revenue_cents
@@ -101,21 +151,44 @@ def top_products(
     return [ProductSales(sku, units[sku], dict(revenue[sku])) for sku in ranked if units[sku]]
 
 
-def store_hours(session: Session, store_id: str, day: date) -> list[dict[str, Any]]:
-    rows = session.execute(
-        f"SELECT hour, order_count, revenue_cents, currency FROM {KEYSPACE}.sales_by_store_hour "
-        "WHERE store_id = %s AND day = %s",
-        [store_id, day],
-    )
-    return [
-        {
-            "hour": r.hour,
-            "orders": r.order_count,
-            "revenue_cents": r.revenue_cents,
-            "currency": r.currency,
-        }
-        for r in rows
-    ]
+def stores_hours(
+    session: Session, store_ids: Sequence[str], day: date
+) -> dict[str, list[dict[str, Any]]]:
+    """Each store's sales by hour on ``day`` (one partition per store, read concurrently)."""
+    stmt = session.prepare(QUERIES["store_hours"])
+    results = run_all(session, [(stmt, (s, day)) for s in store_ids], concurrency=32)
+    return {
+        store_id: [
+            {
+                "hour": r.hour,
+                "orders": r.order_count,
+                "revenue_cents": r.revenue_cents,
+                "currency": r.currency,
+            }
+            for r in rows
+        ]
+        for store_id, rows in zip(store_ids, results, strict=True)
+    }
+
+
+def sum_hours(stores: Iterable[Iterable[dict[str, Any]]]) -> list[HourSales]:
+    """Every hour of the day with the orders of ``stores`` (their hour rows) added up and the
+    revenue added per currency; an hour without sales holds zero orders."""
+    orders = dict.fromkeys(HOURS, 0)
+    revenue: dict[int, dict[str, int]] = {h: defaultdict(int) for h in HOURS}
+    for rows in stores:
+        for r in rows:
+            orders[r["hour"]] += r["orders"]
+            revenue[r["hour"]][r["currency"] or "?"] += r["revenue_cents"]
+    return [HourSales(h, orders[h], {c: v for c, v in revenue[h].items() if v}) for h in HOURS]
+
+
+def busiest_store(sales: RegionSales) -> str | None:
+    """The store with the most orders of the region's day (revenue cannot rank stores that
+    sell in different currencies); ties go to the lowest store id."""
+    if not sales.stores:
+        return None
+    return min(sales.stores, key=lambda s: (-s.orders, s.store_id)).store_id
 
 
 def customer_orders(session: Session, customer_id: str) -> list[dict[str, Any]]:
@@ -139,13 +212,31 @@ def customer_orders(session: Session, customer_id: str) -> list[dict[str, Any]]:
     return sorted(orders, key=lambda o: o["event_time"], reverse=True)
 
 
-def stock(session: Session, store_id: str, lowest: int = 10) -> list[dict[str, Any]]:
-    rows = session.execute(
-        f"SELECT sku, quantity, as_of FROM {KEYSPACE}.stock_by_store WHERE store_id = %s",
-        [store_id],
-    )
-    levels = [{"sku": r.sku, "quantity": r.quantity, "as_of": r.as_of.isoformat()} for r in rows]
-    return sorted(levels, key=lambda s: (s["quantity"], s["sku"]))[:lowest]
+def stock(
+    session: Session, store_ids: Sequence[str], lowest: int = 10
+) -> dict[str, list[dict[str, Any]]]:
+    """The ``lowest`` stock levels of each store, lowest first (one partition per store, read
+    concurrently)."""
+    stmt = session.prepare(QUERIES["store_stock"])
+    results = run_all(session, [(stmt, (s,)) for s in store_ids], concurrency=32)
+    return {
+        store_id: sorted(
+            ({"sku": r.sku, "quantity": r.quantity, "as_of": r.as_of.isoformat()} for r in rows),
+            key=lambda s: (s["quantity"], s["sku"]),
+        )[:lowest]
+        for store_id, rows in zip(store_ids, results, strict=True)
+    }
+
+
+def lowest_stock(levels: dict[str, list[dict[str, Any]]], n: int = 10) -> list[StockLevel]:
+    """The ``n`` lowest SKU/store levels among the stores of ``levels``, lowest first; ties
+    by store, then SKU."""
+    every = [
+        StockLevel(store_id, s["sku"], s["quantity"], s["as_of"])
+        for store_id, store_levels in levels.items()
+        for s in store_levels
+    ]
+    return sorted(every, key=lambda s: (s.quantity, s.store_id, s.sku))[:n]
 
 
 def build(
@@ -156,18 +247,25 @@ def build(
     store: str | None = None,
     customer: str | None = None,
     top: int = 5,
+    lowest: int = 10,
 ) -> Report:
-    """The full report: sales by region and store, top products, a store's hours and stock
-    (the busiest store's if none is named), and a customer's orders if one is named."""
+    """The full report: sales by region, store and hour, top products, a store's hours and
+    stock (each region's busiest store's if none is named, so there is always one), the
+    ``lowest`` stock levels among those stores, and a customer's orders if one is named."""
     report = Report(day=day.isoformat())
     for region in regions:
         sales = region_sales(session, region, day)
         report.regions.append(sales)
         report.top_products[region] = top_products(session, sales.stores, day, top)
-    stores = [store] if store else [r.stores[0].store_id for r in report.regions if r.stores]
-    for s in stores:
-        report.store_hours[s] = store_hours(session, s, day)
-        report.stock[s] = stock(session, s)
+    shown = [store] if store else [s for r in report.regions if (s := busiest_store(r))]
+    sold_in = {r.region: [s.store_id for s in r.stores] for r in report.regions}
+    every_store = list(dict.fromkeys([*(s for ids in sold_in.values() for s in ids), *shown]))
+    hours = stores_hours(session, every_store, day)
+    for region, ids in sold_in.items():
+        report.region_hours[region] = sum_hours(hours[s] for s in ids)
+    report.store_hours = {s: hours[s] for s in shown}
+    report.stock = stock(session, shown, lowest)
+    report.lowest_stock = lowest_stock(report.stock, lowest)
     if customer:
         report.customer_orders[customer] = customer_orders(session, customer)
     return report
