@@ -1,6 +1,7 @@
 """JMX over HTTP: each Cassandra node's Jolokia agent, and what the platform reads through it
 (the ring as a node sees it, each node's share of its DC). The local stack's readiness and
-status, the repair DAG and the balance DAG all go through here: one client, one error type.
+status, the repair DAG and the balance DAG all go through here: one client (:class:`Jolokia`),
+one error type.
 """
 
 from __future__ import annotations
@@ -38,16 +39,48 @@ def request(client: httpx.Client, node: CassandraNode, body: dict[str, Any], wha
     return data.get("value")
 
 
+class Jolokia:
+    """The nodes' Jolokia agents over one HTTP client (one POST per operation); every failure
+    is a :class:`JolokiaError` naming the node and what to check."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.client = httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Jolokia:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def read(self, node: CassandraNode, mbean: str, attributes: list[str]) -> dict[str, Any]:
+        """MBean attributes of ``node``."""
+        body = {"type": "read", "mbean": mbean, "attribute": attributes}
+        return request(self.client, node, body, f"Jolokia read of {mbean}")
+
+    def exec(self, node: CassandraNode, mbean: str, operation: str, *arguments: Any) -> Any:
+        """Invoke an MBean operation on ``node``; returns its result."""
+        body = {"type": "exec", "mbean": mbean, "operation": operation, "arguments": arguments}
+        return request(self.client, node, body, operation)
+
+    def write(self, node: CassandraNode, mbean: str, attribute: str, value: Any) -> Any:
+        """Set an MBean attribute on ``node``."""
+        body = {"type": "write", "mbean": mbean, "attribute": attribute, "value": value}
+        return request(self.client, node, body, f"write of {attribute}")
+
+
 def jolokia_read(
     node: CassandraNode, mbean: str, attributes: list[str], timeout: float = 3.0
 ) -> dict[str, Any]:
-    """Read MBean attributes of a node over Jolokia's HTTP/JSON protocol."""
-    body = {"type": "read", "mbean": mbean, "attribute": attributes}
-    with httpx.Client(timeout=timeout) as client:
-        return request(client, node, body, f"Jolokia read of {mbean}")
+    """Read MBean attributes of a node over Jolokia's HTTP/JSON protocol (a client of its own:
+    for one-off reads)."""
+    with Jolokia(timeout) as client:
+        return client.read(node, mbean, attributes)
 
 
-def _address(endpoint: str) -> str:
+def endpoint_address(endpoint: str) -> str:
     """``/127.0.1.1:7000`` or ``127.0.1.1:7000`` -> ``127.0.1.1``."""
     return endpoint.lstrip("/").rsplit(":", 1)[0]
 
@@ -103,10 +136,10 @@ def ring_view(node: CassandraNode) -> RingView:
     )
     tokens: dict[str, list[int]] = {}
     for token, endpoint in (ss["TokenToEndpointWithPortMap"] or {}).items():
-        tokens.setdefault(_address(endpoint), []).append(int(token))
+        tokens.setdefault(endpoint_address(endpoint), []).append(int(token))
 
     def addrs(key: str) -> frozenset[str]:
-        return frozenset(_address(e) for e in ss.get(key) or [])
+        return frozenset(endpoint_address(e) for e in ss.get(key) or [])
 
     return RingView(
         observer=node.address,
@@ -115,7 +148,9 @@ def ring_view(node: CassandraNode) -> RingView:
         joining=addrs("JoiningNodesWithPort"),
         leaving=addrs("LeavingNodesWithPort"),
         moving=addrs("MovingNodesWithPort"),
-        load_bytes={_address(e): _parse_load(v) for e, v in (ss["LoadMapWithPort"] or {}).items()},
+        load_bytes={
+            endpoint_address(e): _parse_load(v) for e, v in (ss["LoadMapWithPort"] or {}).items()
+        },
         tokens=tokens,
     )
 

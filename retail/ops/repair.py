@@ -25,6 +25,8 @@ log shows progress and a failure costs one piece, not the whole node.
 The ranges come from the live cluster (``getRangeToEndpointWithPortMap``), whose replica lists
 are in Cassandra's own order: the first replica of a range is its primary owner, exactly as
 ``StorageService.getPrimaryRangesForEndpoint`` decides.
+
+Every call goes through :class:`retail.jolokia.Jolokia`, the platform's one Jolokia client.
 """
 
 from __future__ import annotations
@@ -37,12 +39,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
 from cassandra.cluster import Session
 
-from retail import jolokia
 from retail.errors import RetailError
-from retail.jolokia import STORAGE_SERVICE
+from retail.jolokia import STORAGE_SERVICE, Jolokia, JolokiaError, endpoint_address
 from retail.metrics import Metrics
 from retail.rows import as_utc
 from retail.topology import CassandraNode, Topology
@@ -59,7 +59,9 @@ HISTORY_TABLE = "retail_ops.repair_history"
 
 class RepairError(RetailError):
     """A repair could not run or failed; the message names the node, range and what to do.
-    A retry may succeed (a node back up, a lease released, a Jolokia call that timed out)."""
+    A retry may succeed (a node back up, a lease released). A Jolokia call that fails or times
+    out raises :class:`retail.jolokia.JolokiaError` (the one client's error), which a retry may
+    fix as well."""
 
 
 class RepairRefused(RepairError):
@@ -90,18 +92,13 @@ class TokenRange:
         return f"({self.start}, {self.end}]"
 
 
-def _address(endpoint: str) -> str:
-    """``/127.0.1.1:7000`` or ``127.0.1.1:7000`` -> ``127.0.1.1``."""
-    return endpoint.lstrip("/").rsplit(":", 1)[0]
-
-
 def parse_range_map(raw: Mapping[str, Sequence[str]]) -> dict[TokenRange, list[str]]:
     """``getRangeToEndpointWithPortMap`` as Jolokia renders it (``"[a, b]"`` -> endpoints) into
     ranges -> replica addresses, in Cassandra's replica order."""
     out: dict[TokenRange, list[str]] = {}
     for key, endpoints in raw.items():
         start, end = (int(t) for t in key.strip("[]()").split(","))
-        out[TokenRange(start, end)] = [_address(e) for e in endpoints]
+        out[TokenRange(start, end)] = [endpoint_address(e) for e in endpoints]
     return out
 
 
@@ -250,30 +247,6 @@ def _comparable(
 # -- running it over Jolokia ----------------------------------------------------------------------
 
 
-class Jolokia:
-    """JMX over HTTP: the nodes' Jolokia agents (one POST per operation)."""
-
-    def __init__(self, timeout: float = 10.0) -> None:
-        self.client = httpx.Client(timeout=timeout)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def exec(self, node: CassandraNode, mbean: str, operation: str, *arguments: Any) -> Any:
-        body = {"type": "exec", "mbean": mbean, "operation": operation, "arguments": arguments}
-        return self._request(node, operation, body)
-
-    def write(self, node: CassandraNode, mbean: str, attribute: str, value: Any) -> Any:
-        body = {"type": "write", "mbean": mbean, "attribute": attribute, "value": value}
-        return self._request(node, f"write of {attribute}", body)
-
-    def _request(self, node: CassandraNode, operation: str, body: dict[str, Any]) -> Any:
-        try:
-            return jolokia.request(self.client, node, body, operation)
-        except jolokia.JolokiaError as exc:
-            raise RepairError(str(exc)) from exc
-
-
 def live_range_map(
     jolokia: Jolokia, topology: Topology, keyspace: str
 ) -> dict[TokenRange, list[str]]:
@@ -282,7 +255,7 @@ def live_range_map(
     for node in topology.nodes:
         try:
             raw = jolokia.exec(node, STORAGE_SERVICE, "getRangeToEndpointWithPortMap", keyspace)
-        except RepairError as exc:
+        except JolokiaError as exc:
             errors.append(str(exc))
             continue
         return parse_range_map(raw or {})

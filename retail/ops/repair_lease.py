@@ -23,8 +23,8 @@ from cassandra import ConsistencyLevel, DriverException, RequestExecutionExcepti
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.query import SimpleStatement
 
-from retail.jolokia import STORAGE_SERVICE
-from retail.ops.repair import Jolokia, RepairError, RepairStep
+from retail.jolokia import STORAGE_SERVICE, Jolokia
+from retail.ops.repair import RepairError, RepairStep
 from retail.rows import as_utc
 from retail.topology import CassandraNode, Topology
 

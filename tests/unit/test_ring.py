@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from retail.jolokia import RingView, _address, _parse_load, dc_ownership
+from retail.jolokia import RingView, _parse_load, dc_ownership, endpoint_address
 from retail.topology import balanced_tokens
 
 
@@ -43,8 +43,8 @@ def test_ring_view_states_read_like_nodetool() -> None:
 
 
 def test_jmx_values_parse() -> None:
-    assert _address("/127.0.1.1:7000") == "127.0.1.1"
-    assert _address("127.0.2.3:7000") == "127.0.2.3"
+    assert endpoint_address("/127.0.1.1:7000") == "127.0.1.1"
+    assert endpoint_address("127.0.2.3:7000") == "127.0.2.3"
     assert _parse_load("127.86 KiB") == pytest.approx(127.86 * 1024)
     assert _parse_load("2 GiB") == 2 * 1024**3
     assert _parse_load("garbage") == 0.0

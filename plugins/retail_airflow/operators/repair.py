@@ -16,6 +16,7 @@ from cassandra.cluster import Cluster, Session
 from retail.catalog import catalog
 from retail.connections import CASSANDRA_CONN_ID, STATSD_CONN_ID
 from retail.errors import ConfigError
+from retail.jolokia import Jolokia, JolokiaError
 from retail.metrics import Metrics
 from retail.migrations import OPS_KEYSPACE
 from retail.ops import repair, repair_lease, replication
@@ -273,7 +274,7 @@ class RepairOperator(BaseOperator):
         repaired: dict[str, Any] = {}
         failed: dict[str, str] = {}
         refused: dict[str, str] = {}
-        jolokia = repair.Jolokia()
+        jolokia = Jolokia()
         try:
             with hook.session(consistency_level="QUORUM") as (cluster, session):
                 ops = cluster.metadata.keyspaces.get(OPS_KEYSPACE)
@@ -296,7 +297,7 @@ class RepairOperator(BaseOperator):
                     except (RepairRefused, ConfigError) as exc:
                         refused[target.keyspace] = str(exc)
                         self.log.error("%s: repair REFUSED: %s", target.keyspace, exc)
-                    except RepairError as exc:
+                    except (RepairError, JolokiaError) as exc:
                         failed[target.keyspace] = str(exc)
                         self.log.error("%s: repair FAILED: %s", target.keyspace, exc)
         finally:
@@ -313,7 +314,7 @@ class RepairOperator(BaseOperator):
 
     def _settle(
         self,
-        jolokia: repair.Jolokia,
+        jolokia: Jolokia,
         topology: Topology,
         store: _Stores,
         claim: repair_lease.Claim,
@@ -363,7 +364,7 @@ class RepairOperator(BaseOperator):
 
     def _repair(
         self,
-        jolokia: repair.Jolokia,
+        jolokia: Jolokia,
         topology: Topology,
         session: Session,
         store: _Stores,
@@ -428,7 +429,7 @@ class RepairOperator(BaseOperator):
                 timeout=self.step_timeout,
             )
             store.inflight.clear(claim.owner)
-        except RepairError:
+        except (RepairError, JolokiaError):
             metrics.timing(f"repair.{ks}.duration.failed", (time.monotonic() - start) * 1000)
             raise
         finally:
@@ -470,7 +471,7 @@ class RepairOperator(BaseOperator):
 
     def _end_lease(
         self,
-        jolokia: repair.Jolokia,
+        jolokia: Jolokia,
         topology: Topology,
         lease: repair_lease.Lease,
         running: list[tuple[str, int]],
@@ -483,7 +484,7 @@ class RepairOperator(BaseOperator):
             node, command = running[0]
             try:
                 state = repair_lease.command_state(jolokia, topology.node(node), command)
-            except RepairError:
+            except (RepairError, JolokiaError):
                 state = "UNKNOWN (the node did not answer)"
             if state == "IN_PROGRESS" or state.startswith("UNKNOWN ("):
                 lease.abandon()
