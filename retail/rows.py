@@ -12,7 +12,7 @@ them can never show again. How rollups are folded in is :mod:`retail.aggregates`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -21,8 +21,130 @@ from retail.events import Event, InventoryMovement, LineItem, Order
 
 KEYSPACE = "retail"
 
+
+@dataclass(frozen=True)
+class Table:
+    """A base table as data: its partition key, clustering columns, and every column a base row
+    binds, in the order :func:`rows_for` binds them (the write timestamp follows). The writer's
+    statements and the audit's reads are built from these, never written out twice."""
+
+    name: str
+    partition_key: tuple[str, ...]
+    clustering: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{KEYSPACE}.{self.name}"
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        return (*self.partition_key, *self.clustering)
+
+    def insert(self) -> str:
+        """A whole row, at a given timestamp (the last marker)."""
+        return (
+            f"INSERT INTO {self.qualified} ({', '.join(self.columns)}) "
+            f"VALUES ({', '.join('?' * len(self.columns))}) USING TIMESTAMP ?"
+        )
+
+    def delete(self) -> str:
+        """One row by its primary key, at a given timestamp (the first marker)."""
+        where = " AND ".join(f"{c} = ?" for c in self.primary_key)
+        return f"DELETE FROM {self.qualified} USING TIMESTAMP ? WHERE {where}"
+
+    def read(self, columns: Sequence[str], *, many: bool = False) -> str:
+        """``columns`` of one partition (``many``: of the partitions whose last key column is
+        ``IN ?``)."""
+        *first, last = self.partition_key
+        where = [f"{c} = ?" for c in first] + [f"{last} IN ?" if many else f"{last} = ?"]
+        return f"SELECT {', '.join(columns)} FROM {self.qualified} WHERE {' AND '.join(where)}"
+
+    def read_range(
+        self, columns: Sequence[str], *, low: str = ">=", high: str | None = "<="
+    ) -> str:
+        """``columns`` of one partition, its first clustering column bounded (``low``, then
+        ``high`` unless None)."""
+        first = self.clustering[0]
+        bounds = [f"{first} {low} ?"] + ([f"{first} {high} ?"] if high else [])
+        return self.read(columns) + "".join(f" AND {b}" for b in bounds)
+
+
+# The base tables. An id's table is its identity record; its row by store and day is in the
+# table BY_DAY names.
+BASE: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "orders",
+            ("order_id",),
+            (),
+            (
+                "order_id",
+                "event_id",
+                "store_id",
+                "region",
+                "customer_id",
+                "currency",
+                "total_cents",
+                "item_count",
+                "lines",
+                "event_time",
+                "source",
+            ),
+        ),
+        Table(
+            "orders_by_store_day",
+            ("store_id", "day"),
+            ("event_time", "order_id"),
+            (
+                "store_id",
+                "day",
+                "event_time",
+                "order_id",
+                "region",
+                "customer_id",
+                "currency",
+                "total_cents",
+                "item_count",
+                "lines",
+            ),
+        ),
+        Table(
+            "inventory_movements",
+            ("event_id",),
+            (),
+            (
+                "event_id",
+                "store_id",
+                "region",
+                "sku",
+                "kind",
+                "quantity",
+                "reason",
+                "event_time",
+                "source",
+            ),
+        ),
+        Table(
+            "inventory_by_store_day",
+            ("store_id", "day"),
+            ("event_time", "event_id"),
+            (
+                "store_id",
+                "day",
+                "event_time",
+                "event_id",
+                "sku",
+                "kind",
+                "quantity",
+                "reason",
+            ),
+        ),
+    )
+}
 # Every table the pipeline writes (the materialized view follows its base table).
-BASE_TABLES = ("orders", "orders_by_store_day", "inventory_movements", "inventory_by_store_day")
+BASE_TABLES = tuple(BASE)
 ROLLUP_TABLES = (
     "sales_by_store_hour",
     "sales_by_region_day",
@@ -32,83 +154,24 @@ ROLLUP_TABLES = (
 REGISTRY_TABLES = ("stores_by_region",)
 TABLES = BASE_TABLES + ROLLUP_TABLES + REGISTRY_TABLES
 
-# Base-row columns, by table, in the order rows_for binds them (the write timestamp follows).
-BASE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "orders": (
-        "order_id",
-        "event_id",
-        "store_id",
-        "region",
-        "customer_id",
-        "currency",
-        "total_cents",
-        "item_count",
-        "lines",
-        "event_time",
-        "source",
-    ),
-    "orders_by_store_day": (
-        "store_id",
-        "day",
-        "event_time",
-        "order_id",
-        "region",
-        "customer_id",
-        "currency",
-        "total_cents",
-        "item_count",
-        "lines",
-    ),
-    "inventory_movements": (
-        "event_id",
-        "store_id",
-        "region",
-        "sku",
-        "kind",
-        "quantity",
-        "reason",
-        "event_time",
-        "source",
-    ),
-    "inventory_by_store_day": (
-        "store_id",
-        "day",
-        "event_time",
-        "event_id",
-        "sku",
-        "kind",
-        "quantity",
-        "reason",
-    ),
+BY_DAY: dict[str, str] = {
+    "orders": "orders_by_store_day",
+    "inventory_movements": "inventory_by_store_day",
 }
-INSERTS: dict[str, str] = {
-    table: (
-        f"INSERT INTO {KEYSPACE}.{table} ({', '.join(cols)}) "
-        f"VALUES ({', '.join('?' * len(cols))}) USING TIMESTAMP ?"
-    )
-    for table, cols in BASE_COLUMNS.items()
-}
+
+
+def id_column(identity_table: str) -> str:
+    """The id an identity table is keyed by (``order_id``, ``event_id``)."""
+    return BASE[identity_table].partition_key[0]
+
+
+BASE_COLUMNS: dict[str, tuple[str, ...]] = {name: t.columns for name, t in BASE.items()}
+INSERTS: dict[str, str] = {name: t.insert() for name, t in BASE.items()}
 # The rows a superseded version leaves behind, deleted at the superseding version's timestamp.
-DELETES: dict[str, str] = {
-    "orders_by_store_day": (
-        f"DELETE FROM {KEYSPACE}.orders_by_store_day USING TIMESTAMP ? "
-        "WHERE store_id = ? AND day = ? AND event_time = ? AND order_id = ?"
-    ),
-    "inventory_by_store_day": (
-        f"DELETE FROM {KEYSPACE}.inventory_by_store_day USING TIMESTAMP ? "
-        "WHERE store_id = ? AND day = ? AND event_time = ? AND event_id = ?"
-    ),
-}
+DELETES: dict[str, str] = {day: BASE[day].delete() for day in BY_DAY.values()}
 # The stored version of many ids at once (one request per replica, see streaming.sink).
 IDENTITY_READS: dict[str, str] = {
-    "orders": (
-        f"SELECT order_id, event_id, store_id, region, customer_id, currency, total_cents, "
-        f"lines, event_time, source FROM {KEYSPACE}.orders WHERE order_id IN ?"
-    ),
-    "inventory_movements": (
-        f"SELECT event_id, store_id, region, sku, kind, quantity, reason, event_time, source "
-        f"FROM {KEYSPACE}.inventory_movements WHERE event_id IN ?"
-    ),
+    name: BASE[name].read(BASE[name].columns, many=True) for name in BY_DAY
 }
 
 # Rollup rows: the value columns of each table (after its key columns), in order.
@@ -157,9 +220,8 @@ STORES_OF_REGION = f"SELECT store_id FROM {KEYSPACE}.stores_by_region WHERE regi
 
 
 # A store's movements of one day after a time: what a late count needs (see retail.aggregates).
-MOVEMENTS_SINCE = (
-    f"SELECT event_time, event_id, sku, kind, quantity FROM {KEYSPACE}.inventory_by_store_day "
-    "WHERE store_id = ? AND day = ? AND event_time > ?"
+MOVEMENTS_SINCE = BASE["inventory_by_store_day"].read_range(
+    ("event_time", "event_id", "sku", "kind", "quantity"), low=">", high=None
 )
 
 

@@ -53,7 +53,7 @@ from retail.cassandra import run_all
 from retail.errors import RetailError
 from retail.events import Event, Order
 from retail.kafka import ClientConfig, Topics
-from retail.rows import KEYSPACE, identity, utc_day
+from retail.rows import BASE, BY_DAY, id_column, identity, utc_day
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,9 @@ EXAMPLES = 10  # ids shown per kind of finding
 CHUNK = 5_000  # messages judged and checked at a time, per Kafka partition
 
 # The stored version of an id: read only for events whose day row is absent.
-STORED_VERSION = {
-    "orders": f"SELECT store_id, event_time FROM {KEYSPACE}.orders WHERE order_id = ?",
-    "inventory_movements": (
-        f"SELECT store_id, event_time FROM {KEYSPACE}.inventory_movements WHERE event_id = ?"
-    ),
-}
+STORED_VERSION = {t: BASE[t].read(("store_id", "event_time")) for t in BY_DAY}
 # The rows of a store's day between two event times (inclusive): one range read per partition.
-DAY_TABLE = {"orders": "orders_by_store_day", "inventory_movements": "inventory_by_store_day"}
-DAY_RANGE = {
-    "orders": (
-        f"SELECT event_time, order_id FROM {KEYSPACE}.orders_by_store_day "
-        "WHERE store_id = ? AND day = ? AND event_time >= ? AND event_time <= ?"
-    ),
-    "inventory_movements": (
-        f"SELECT event_time, event_id FROM {KEYSPACE}.inventory_by_store_day "
-        "WHERE store_id = ? AND day = ? AND event_time >= ? AND event_time <= ?"
-    ),
-}
+DAY_RANGE = {t: BASE[day].read_range(("event_time", id_column(t))) for t, day in BY_DAY.items()}
 
 
 class AuditError(RetailError):
@@ -526,7 +511,7 @@ def _check(
             elif ms(version[1]) < ms(e.event_time):  # type: ignore[arg-type]
                 lost(s, f"{event_label(e)} at {s.where}: {table} holds an older version")
             elif ms(version[1]) == ms(e.event_time):  # type: ignore[arg-type]
-                lost(s, f"{event_label(e)} at {s.where}: no row in {DAY_TABLE[table]}")
+                lost(s, f"{event_label(e)} at {s.where}: no row in {BY_DAY[table]}")
             # else: a later version replaced it, which is what a resend does
 
 

@@ -49,7 +49,7 @@ from retail.cassandra import run_all
 from retail.errors import ConfigError
 from retail.events import LineItem, Order
 from retail.rows import (
-    KEYSPACE,
+    BASE,
     ROLLUP_TABLES,
     STORES_OF_REGION,
     rollup_read,
@@ -67,13 +67,11 @@ EXAMPLES = 5  # corrections quoted per table in the report
 # stores enumerated from the registry of each region (retail.stores_by_region).
 REPAIR_QUERIES: dict[str, str] = {
     "stores": STORES_OF_REGION,
-    "store_day_orders": (
-        f"SELECT store_id, region, event_time, order_id, currency, total_cents, lines "
-        f"FROM {KEYSPACE}.orders_by_store_day WHERE store_id = ? AND day = ?"
+    "store_day_orders": BASE["orders_by_store_day"].read(
+        ("store_id", "region", "event_time", "order_id", "currency", "total_cents", "lines")
     ),
-    "store_day_movements": (
-        f"SELECT event_time, event_id, sku, kind, quantity "
-        f"FROM {KEYSPACE}.inventory_by_store_day WHERE store_id = ? AND day = ?"
+    "store_day_movements": BASE["inventory_by_store_day"].read(
+        ("event_time", "event_id", "sku", "kind", "quantity")
     ),
 }
 

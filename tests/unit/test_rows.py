@@ -4,6 +4,7 @@ arithmetic."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -11,8 +12,12 @@ import pytest
 
 from retail.aggregates import HourKey, effects, resolve
 from retail.events import InventoryMovement, LineItem, Order
+from retail.migrations import MIGRATIONS_DIR
 from retail.rows import (
+    BASE,
+    BY_DAY,
     DELETES,
+    IDENTITY_READS,
     INSERTS,
     Position,
     event_from_row,
@@ -159,3 +164,52 @@ def t(minutes: int) -> datetime:
 def test_stock_is_the_last_count_plus_later_deltas(rows: list, level: int) -> None:
     assert stock_level(rows)[0] == level
     assert stock_level(list(reversed(rows)))[0] == level  # read order does not matter
+
+
+def _schema(table: str) -> tuple[set[str], tuple[str, ...], tuple[str, ...]]:
+    """(columns, partition key, clustering columns) of ``retail.<table>`` as the migrations in
+    include/cql create and alter it."""
+    cql = "\n".join(p.read_text() for p in sorted(MIGRATIONS_DIR.glob("V*.cql")))
+    cql = re.sub(r"--[^\n]*", "", cql)
+    body = re.search(rf"CREATE TABLE IF NOT EXISTS retail\.{table} \((.*?)\n\)", cql, re.S)
+    assert body is not None, table
+    columns, partition, clustering = set(), (), ()
+    for line in (x.strip().rstrip(",") for x in body.group(1).splitlines()):
+        if key := re.fullmatch(r"PRIMARY KEY \(\((.*?)\)(?:, (.*))?\)", line):
+            partition = tuple(c.strip() for c in key.group(1).split(","))
+            clustering = tuple(c.strip() for c in (key.group(2) or "").split(",") if c.strip())
+        elif line:
+            name, *rest = line.split()
+            columns.add(name)
+            if rest[-2:] == ["PRIMARY", "KEY"]:
+                partition = (name,)
+    columns |= set(re.findall(rf"ALTER TABLE retail\.{table} ADD IF NOT EXISTS (\w+)", cql))
+    return columns, partition, clustering
+
+
+def test_the_tables_described_as_data_are_the_tables_the_migrations_create() -> None:
+    for name, table in BASE.items():
+        columns, partition, clustering = _schema(name)
+        assert (table.partition_key, table.clustering) == (partition, clustering), name
+        assert set(table.columns) <= columns, name
+        assert set(table.primary_key) <= set(table.columns), name
+
+
+def test_the_writer_and_the_reads_are_built_from_the_descriptions() -> None:
+    assert INSERTS["orders"] == (
+        "INSERT INTO retail.orders (order_id, event_id, store_id, region, customer_id, currency, "
+        "total_cents, item_count, lines, event_time, source) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+    )
+    assert DELETES["inventory_by_store_day"] == (
+        "DELETE FROM retail.inventory_by_store_day USING TIMESTAMP ? "
+        "WHERE store_id = ? AND day = ? AND event_time = ? AND event_id = ?"
+    )
+    assert IDENTITY_READS["inventory_movements"].endswith(
+        "FROM retail.inventory_movements WHERE event_id IN ?"
+    )
+    assert BASE["orders_by_store_day"].read_range(("event_time", "order_id")) == (
+        "SELECT event_time, order_id FROM retail.orders_by_store_day "
+        "WHERE store_id = ? AND day = ? AND event_time >= ? AND event_time <= ?"
+    )
+    assert set(BY_DAY) | set(BY_DAY.values()) == set(BASE)
