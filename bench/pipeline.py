@@ -46,7 +46,7 @@ from retail.settings import get_settings
 from retail.topology import Topology, profile_topology
 from stack.local import LocalStack
 from stack.process import ManagedProcess
-from streaming.processes import consumer_process
+from stack.services import consumer_process
 from streaming.sink import partition_batches
 
 TARGETS = {

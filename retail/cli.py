@@ -1,8 +1,13 @@
-"""``retail``: the platform's command line. Each sub-command is a thin front on the library."""
+"""The platform's commands: migrate, produce, report, health, airflow-env. Each is a thin front
+on the library. The ``retail`` command adds the local stack's (``retail stack``, ``retail demo``)
+from :mod:`stack.cli`; ``python -m retail`` runs these alone, without the stack."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -29,140 +34,6 @@ def _root(
     ] = False,
 ) -> None:
     logs.configure(get_settings().log_level, verbose=verbose)
-
-
-def _register() -> None:
-    from stack.cli import app as stack_app
-
-    app.add_typer(stack_app, name="stack")
-
-
-# What the demo runs after the stream, with the params a person would pick in the UI.
-# The consumers have drained: audit everything up to now, first and alone (it says whether
-# anything was lost before the repair and the rebuilds change anything).
-DEMO_AUDIT: tuple[str, dict] = ("pipeline_audit", {"window_minutes": 30, "settle_minutes": 0})
-DEMO_OPERATIONS: list[tuple[str, dict]] = [
-    ("balance_check", {"window_seconds": 300}),
-    ("materialized_view_rebuild", {"fix_rollups": True, "window_hours": 2}),
-    ("replication_repair", {"keyspace": "retail"}),
-]
-
-
-def _run_dags(api: object, runs: list[tuple[str, dict]]) -> dict[str, str]:
-    """Trigger DAG runs through the REST API (as the UI does), wait for them, and print their
-    outcome; returns the run id per DAG; fails if any failed."""
-    import json
-    from datetime import datetime
-
-    from rich.table import Table
-
-    from stack.airflow import trigger, wait_for_run
-
-    started = []
-    for dag_id, conf in runs:
-        started.append((dag_id, trigger(api, dag_id, conf)))  # type: ignore[arg-type]
-        console.print(f"triggered {dag_id} {json.dumps(conf)}")
-    table = Table("DAG", "run", "state", "seconds")
-    failed = []
-    with console.status("waiting for the DAG runs"):
-        for dag_id, run_id in started:
-            run = wait_for_run(api, dag_id, run_id, timeout=900)  # type: ignore[arg-type]
-            took = "?"
-            if run.get("start_date") and run.get("end_date"):
-                end = datetime.fromisoformat(run["end_date"])
-                took = f"{(end - datetime.fromisoformat(run['start_date'])).total_seconds():.1f}"
-            state = run["state"]
-            colour = "green" if state == "success" else "red"
-            table.add_row(dag_id, run_id, f"[{colour}]{state}[/]", took)
-            if state != "success":
-                failed.append(dag_id)
-    console.print(table)
-    if failed:
-        raise RetailError(
-            f"DAG runs failed: {', '.join(failed)}; their task logs are in the Airflow UI"
-        )
-    return dict(started)
-
-
-@app.command()
-def demo(
-    profile: Annotated[str, typer.Option("--profile", "-p")] = "demo",
-    duration: Annotated[float, typer.Option(help="Seconds of events to stream.")] = 30.0,
-    rate: Annotated[float, typer.Option(help="Events per second.")] = 1000.0,
-) -> None:
-    """The platform's main job, end to end: the three-DC stack and Airflow up, the schema
-    migrated by its DAG, a consumer per region, a realistic stream of events, the retail
-    report, then the audit, balance, view and repair DAGs through Airflow's REST API."""
-    import time
-
-    from retail.kafka import Topics, ensure_topics, region_lag
-    from retail.topology import current_topology
-    from stack import cli as stack_cli
-    from stack.airflow import AirflowServers, task_result
-    from stack.local import LocalStack
-    from stack.status import collect
-    from streaming.processes import consumer_process
-
-    console.rule("1. the local stack")
-    stack_cli.up(profile=profile, nodes_per_dc=None, brokers=None, fresh=False, timeout=900.0)
-    stack_cli.print_status(collect(LocalStack()))
-    console.rule("2. Airflow, and the schema through the schema_migrations DAG")
-    stack = LocalStack()
-    servers = AirflowServers(stack.topology(), stack.dir)
-    with console.status("starting Airflow (api-server, scheduler, dag-processor)"):
-        servers.up()
-    api = servers.client()
-    _run_dags(api, [("schema_migrations", {"dry_run": False})])
-    topology = current_topology()
-    topics_ = Topics.from_settings()
-    ensure_topics(topology, topics_)
-    console.rule("3. consumers, one per region")
-    home = get_settings().state_dir / "demo" / "consumers"
-    consumers = [consumer_process(dc.name, home) for dc in topology.datacenters]
-    for proc in consumers:
-        proc.start()
-        console.print(f"{proc.name}: pid {proc.pid()}, log {proc.main_log}")
-    try:
-        console.rule(f"4. streaming events for {duration:.0f}s at {rate:.0f}/s")
-        produce(count=None, duration=duration, rate=rate, replay=None, seed=None, stores=20)
-        with console.status("waiting for the consumers to write everything") as status:
-            deadline = time.monotonic() + 300
-            regions = [dc.name for dc in topology.datacenters]
-            while (lag := sum(region_lag(topology, topics_, r) for r in regions)) > 0:
-                dead = [p.name for p in consumers if not p.alive()]
-                if dead or time.monotonic() > deadline:
-                    raise RetailError(
-                        f"consumers not caught up ({lag} events behind; "
-                        f"stopped: {dead or 'none'}); see their logs in {home}"
-                    )
-                status.update(f"waiting for the consumers: {lag} events to write")
-                time.sleep(0.5)
-    finally:
-        for proc in consumers:
-            proc.stop(timeout=90)  # SIGTERM: each drains its last batch and commits
-    console.rule("5. the retail report")
-    report(day=None, region=None, store=None, customer=None, top=5, as_json=False)
-    console.rule("6. operations: the audit, balance, view and repair DAGs")
-    _run_dags(api, [DEMO_AUDIT])
-    run_ids = _run_dags(api, DEMO_OPERATIONS)
-    balance = task_result(api, "balance_check", run_ids["balance_check"], "check_balance")
-    if isinstance(balance, dict) and balance.get("recommendations"):
-        console.print(
-            Panel.fit("\n".join(balance["recommendations"]), title="balance_check recommends")
-        )
-    console.print(
-        Panel.fit(
-            f"Airflow UI: {servers.url}  (user admin, password {servers.password()})\n"
-            f"Prometheus: {topology.prometheus.url}   Alertmanager: {topology.alertmanager.url}\n"
-            "The stack keeps running; the consumers have drained and stopped.\n"
-            "  retail health                   alerts, throughput, lag, nodes down\n"
-            "  retail stack status             nodes and services\n"
-            "  retail produce --duration 60    more events (then python -m streaming --region R)\n"
-            "  retail report --customer ID     a customer's orders\n"
-            "  retail stack down               stop everything (add --purge to delete the data)",
-            title="next",
-        )
-    )
 
 
 @app.command()
@@ -239,7 +110,8 @@ def produce(
     stores: Annotated[int, typer.Option(help="Stores per region.")] = 20,
 ) -> None:
     """Stream realistic retail events into Kafka (stores in all three regions, skewed store and
-    product popularity, inventory that follows sales), or replay a JSON-lines file."""
+    product popularity, inventory that follows sales), or replay a JSON-lines file. With only
+    --rate it streams until stopped (SIGTERM or Ctrl-C: what was sent is flushed first)."""
     import itertools
     import secrets
     import time
@@ -252,8 +124,11 @@ def produce(
     from retail.producer import EventProducer, records_from_events, records_from_jsonl
     from retail.topology import current_topology
 
-    if replay is None and count is None and duration is None:
-        raise typer.BadParameter("say how much: --count N, --duration SECONDS or --replay FILE")
+    if replay is None and count is None and duration is None and rate is None:
+        raise typer.BadParameter(
+            "say how much: --count N, --duration SECONDS, --replay FILE, or --rate R alone "
+            "to stream until stopped"
+        )
     topology = current_topology()
     topics_ = Topics.from_settings()
     ensure_topics(topology, topics_)
@@ -272,22 +147,51 @@ def produce(
             events_per_second=rate or 1000.0,
         )
         events = gen.events(count) if count is not None else iter(gen)
-        if duration is not None:
-            end = time.monotonic() + duration
-            events = itertools.takewhile(lambda _: time.monotonic() < end, events)
+        end = time.monotonic() + duration if duration is not None else float("inf")
+        stop = _stop_on_signal()
+        events = itertools.takewhile(lambda _: time.monotonic() < end and not stop.is_set(), events)
         records = records_from_events(events, topics_)
         total = count
     producer = EventProducer(topology)
-    with Progress(
-        *Progress.get_default_columns()[:1],
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("producing", total=total)
-        sent = producer.send(records, rate=rate, on_sent=lambda n: progress.advance(task, n))
+    if not console.is_terminal:  # a service or a pipe: a line now and then, not a bar
+        sent = producer.send(records, rate=rate, on_sent=_progress_lines())
+    else:
+        with Progress(
+            *Progress.get_default_columns()[:1],
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("producing", total=total)
+            sent = producer.send(records, rate=rate, on_sent=lambda n: progress.advance(task, n))
     console.print(f"sent {sent} events to {topology.bootstrap_servers}")
+
+
+def _progress_lines(every: float = 30.0) -> Callable[[int], None]:
+    """An ``on_sent`` callback that prints the count so far every ``every`` seconds."""
+    import time
+
+    started = last = time.monotonic()
+    sent = 0
+
+    def on_sent(n: int) -> None:
+        nonlocal sent, last
+        sent += n
+        if (now := time.monotonic()) - last >= every:
+            last = now
+            console.print(f"sent {sent} events ({sent / (now - started):.0f}/s)")
+
+    return on_sent
+
+
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so that a stream stops between two events and what
+    was sent is flushed, not lost in the client's buffer."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 @app.command()
@@ -298,9 +202,14 @@ def report(
     customer: Annotated[str | None, typer.Option(help="Customer whose orders to list.")] = None,
     top: Annotated[int, typer.Option(help="How many top products per region.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Write a self-contained HTML page with charts to FILE."),
+    ] = None,
 ) -> None:
     """Answer the retail questions: sales by region, store and hour; top products; a
-    customer's orders; stock by store."""
+    customer's orders; stock by store. ``--html FILE`` also writes them as one page with
+    charts that opens without a network."""
     import json
     from datetime import UTC, date, datetime
 
@@ -325,6 +234,10 @@ def report(
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         print_report(result)
+    if html is not None:
+        from retail.report_html import write_html
+
+        console.print(f"wrote {write_html(result, html)}", soft_wrap=True)
 
 
 @app.command()
@@ -364,8 +277,8 @@ def health(
 
 
 def main() -> None:
-    """Console entry point: run the CLI, turning the platform's errors into a clear message."""
-    _register()
+    """Run the platform's commands, turning the platform's errors into a clear message. The
+    ``retail`` command (:func:`stack.cli.main`) adds the local stack's and the demo to them."""
     try:
         app()
     except RetailError as exc:

@@ -20,6 +20,7 @@ from stack.errors import ComponentError
 from stack.fetch import fetch_all
 from stack.local import LocalStack, Reporter
 from stack.process import tail_file
+from stack.services import service_specs
 from stack.status import StackStatus, collect
 
 app = typer.Typer(
@@ -101,19 +102,39 @@ def up(
     brokers: Annotated[int | None, typer.Option(help="Kafka brokers: 1 (default) or 3.")] = None,
     fresh: Annotated[bool, typer.Option(help="Stop and wipe any existing stack first.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 600.0,
+    consumers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Consumer processes per region, supervised: restarted with backoff when they "
+            "die (0: none).",
+        ),
+    ] = 1,
+    stream_rate: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Also keep a realistic event stream flowing at this many events per second, "
+            "supervised like the consumers (0: none).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Start the stack (fetching what is missing) and wait until every part is ready:
     each Cassandra node UN in every other node's view, Kafka answering metadata,
-    Prometheus, Alertmanager and statsd_exporter answering HTTP. A running stack is left as is."""
+    Prometheus, Alertmanager and statsd_exporter answering HTTP; then the supervised services
+    (the regional consumers, which wait for the schema if it is not migrated yet). On a running
+    stack it starts only what is missing or changed."""
     stack = LocalStack()
     topology = profile_topology(profile, nodes_per_dc, brokers)
+    services = service_specs(topology, consumers, stream_rate)
     with console.status("checking the cache") as status:
         fetch_all(stack.settings.cache_dir, lambda step: status.update(f"fetching {step}"))
-    reporter = LiveReporter([c.name for c in stack.components(topology)])
+    names = [c.name for c in stack.components(topology) if c.kind != "supervisor"]
+    reporter = LiveReporter(names + (["supervisor"] if services else []))
     started = time.monotonic()
     try:
         with reporter.live:
-            stack.up(topology, fresh=fresh, timeout=timeout, reporter=reporter)
+            stack.up(topology, fresh=fresh, timeout=timeout, reporter=reporter, services=services)
     except ComponentError:
         console.print(
             "\nthe parts that did start are left running for a look; `retail stack down` stops them"
@@ -209,6 +230,26 @@ def print_status(st: StackStatus) -> None:
             f"[{color}]{s.state}[/]", s.name, s.endpoint, str(s.pid or "-"), _fmt_mb(s.rss_mb)
         )
     out.print(t)
+    if st.supervised:
+        print_supervised(st)
+
+
+def print_supervised(st: StackStatus) -> None:
+    t = Table(title="Supervised services", title_justify="left")
+    for col in ("state", "service", "pid", "up for", "restarts", "last exit", "group lag"):
+        t.add_column(col)
+    for s in st.supervised:
+        color = "green" if s.state == "running" else "red"
+        t.add_row(
+            f"[{color}]{s.state}[/]",
+            s.name,
+            str(s.pid or "-"),
+            "-" if s.uptime_s is None else f"{s.uptime_s:.0f}s",
+            str(s.restarts),
+            "-" if s.last_exit is None else str(s.last_exit),
+            "-" if s.region is None else "?" if s.lag is None else f"{s.lag} ({s.region})",
+        )
+    out.print(t)
 
 
 @app.command()
@@ -238,26 +279,30 @@ def logs(
 ) -> None:
     """Show the end of a component's log (Cassandra's system.log, Kafka's server.log, ...)."""
     stack = LocalStack()
-    comps = stack.components(stack.topology())
-    chosen = [c for c in comps if component in (None, c.name, c.endpoint.split(":")[0])]
+    logs_of = {c.name: c.process.main_log for c in stack.components(stack.topology())}
+    logs_of |= {s.name: stack.services.log_of(s.name) for s in stack.services.specs()}
+    aliases = {c.endpoint.split(":")[0]: c.name for c in stack.components(stack.topology())}
+    name = aliases.get(component or "", component)
+    chosen = list(logs_of) if name is None else [n for n in logs_of if n == name]
     if not chosen:
-        raise typer.BadParameter(
-            f"no component {component!r}; have: " + ", ".join(c.name for c in comps)
-        )
+        raise typer.BadParameter(f"no component {component!r}; have: " + ", ".join(logs_of))
     if follow:
         if len(chosen) != 1:
             raise typer.BadParameter("--follow needs one component")
-        os.execvp("tail", ["tail", "-n", str(lines), "-F", str(chosen[0].process.main_log)])
-    for c in chosen:
-        out.rule(f"{c.name}: {c.process.main_log}")
-        out.print(tail_file(c.process.main_log, lines), markup=False, highlight=False)
+        os.execvp("tail", ["tail", "-n", str(lines), "-F", str(logs_of[chosen[0]])])
+    for n in chosen:
+        out.rule(f"{n}: {logs_of[n]}")
+        out.print(tail_file(logs_of[n], lines), markup=False, highlight=False)
 
 
 @app.command()
 def kill(
-    node: Annotated[str, typer.Argument(help="Node name (eu-west-1), address, or service.")],
+    node: Annotated[
+        str,
+        typer.Argument(help="Node name (eu-west-1), address, service, or consumer-eu-west-1."),
+    ],
 ) -> None:
-    """SIGKILL one node or service, as a crash would."""
+    """SIGKILL one node or service, as a crash would (a supervised consumer comes back)."""
     console.print(f"killed {LocalStack().kill(node)}")
 
 
@@ -282,3 +327,13 @@ def nodetool(
     target = stack.topology().node(node)
     argv = cassandra.nodetool_argv(target, list(ctx.args), stack.artifacts)
     sys.exit(subprocess.run(argv, check=False).returncode)
+
+
+def main() -> None:
+    """The ``retail`` command: the platform's commands, ``retail stack ...`` and ``retail demo``."""
+    from retail import cli as platform
+    from stack.demo import demo
+
+    platform.app.add_typer(app, name="stack")
+    platform.app.command()(demo)
+    platform.main()

@@ -26,6 +26,8 @@ from stack.airflow import AirflowServers
 from stack.errors import ComponentError, StackError
 from stack.fetch import Artifacts, fetch_all
 from stack.process import ManagedProcess
+from stack.services import Services
+from stack.supervisor import ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class Component:
     """One process of the stack and how to tell that it is ready."""
 
     name: str
-    kind: str  # cassandra | kafka | prometheus | alertmanager | statsd_exporter
+    kind: str  # cassandra | kafka | prometheus | alertmanager | statsd_exporter | supervisor
     endpoint: str
     process: ManagedProcess
     probe: Probe
@@ -100,6 +102,7 @@ class LocalStack:
         self.settings = settings or get_settings()
         self.dir = self.settings.stack_dir
         self.artifacts = Artifacts(self.settings.cache_dir)
+        self.services = Services(self.dir)
 
     # -- topology -----------------------------------------------------------------------------
 
@@ -123,7 +126,8 @@ class LocalStack:
     # -- components ---------------------------------------------------------------------------
 
     def components(self, topology: Topology) -> list[Component]:
-        """Every process of the stack, in start order (monitoring first, Cassandra last)."""
+        """Every process of the stack, in start order (monitoring first, then Kafka and
+        Cassandra, then the supervised services if any are configured)."""
         d, a = self.dir, self.artifacts
         prom, am, sx, sd = (
             topology.prometheus,
@@ -183,6 +187,9 @@ class LocalStack:
             )
             for n in topology.nodes
         ]
+        if self.services.specs():
+            sv = self.services
+            comps.append(Component("supervisor", "supervisor", str(sv.home), sv.process, sv.probe))
         return comps
 
     def _handles(self, topology: Topology) -> list[tuple[str, str, ManagedProcess]]:
@@ -196,6 +203,7 @@ class LocalStack:
         homes += [(b.name, "kafka", kafka.broker_home(self.dir, b)) for b in topology.brokers]
         homes += [(n.name, "cassandra", cassandra.node_home(self.dir, n)) for n in topology.nodes]
         handles = [(name, kind, ManagedProcess(name, [], home)) for name, kind, home in homes]
+        handles.append(("supervisor", "supervisor", self.services.process))
         # Airflow's servers, when `retail stack airflow` started them.
         return handles + [
             (p.name, "airflow", p) for p in AirflowServers(topology, self.dir).processes()
@@ -265,10 +273,13 @@ class LocalStack:
         timeout: float = 600.0,
         reporter: Reporter | None = None,
         on_fetch: Callable[[str], None] | None = None,
+        services: list[ServiceSpec] | None = None,
     ) -> Topology:
         """Start what is not running and wait until everything is ready.
 
         On a running stack of the same topology this starts nothing and only checks readiness.
+        ``services`` (see :mod:`stack.services`) replaces the supervised services; None leaves
+        them as they are.
         """
         reporter = reporter or Reporter()
         saved = self.saved_topology()
@@ -287,6 +298,8 @@ class LocalStack:
         fetch_all(self.settings.cache_dir, on_fetch)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.topology_file.write_text(topology.to_json())
+        if services is not None:
+            self.services.configure(services)
         comps = self.components(topology)
         to_start = [c for c in comps if not c.process.alive()]
         self._check_ports_free(to_start)
@@ -356,24 +369,24 @@ class LocalStack:
     def down(self, *, purge: bool = False) -> list[str]:
         """Stop every process the stack started; returns what was stopped.
 
-        Tier by tier (Airflow, Cassandra, then Kafka, then monitoring), each tier at once: a
-        node drains its memtables on SIGTERM, which takes seconds, and six nodes need not take
-        it in turn.
+        Tier by tier (the supervised services and Airflow, Cassandra, then Kafka, then
+        monitoring), each tier at once: consumers drain and commit while Cassandra and Kafka
+        still run; a node drains its memtables on SIGTERM, which takes seconds, and six nodes
+        need not take it in turn.
         """
         topo = self.saved_topology()
         stopped: list[str] = []
         if topo is not None:
             handles = self._handles(topo)
             for tier in (
-                ("airflow",),
+                ("supervisor", "airflow"),
                 ("cassandra",),
                 ("kafka",),
                 ("prometheus", "alertmanager", "statsd_exporter"),
             ):
-                signalled = [(n, p) for n, k, p in reversed(handles) if k in tier and p.terminate()]
-                # Cassandra and Kafka flush and deregister on SIGTERM; give them time to.
-                for name, proc in signalled:
-                    proc.wait_stopped(60.0 if tier[0] in ("cassandra", "kafka") else 15.0)
+                signalled = [h for h in reversed(handles) if h[1] in tier and h[2].terminate()]
+                for name, kind, proc in signalled:
+                    proc.wait_stopped(_STOP_TIMEOUT.get(kind, 15.0))
                     stopped.append(name)
         if purge and self.dir.exists():
             shutil.rmtree(self.dir)
@@ -390,7 +403,14 @@ class LocalStack:
         raise StackError(f"no component {name!r} in the stack; it has: {known}")
 
     def kill(self, name: str) -> str:
-        """SIGKILL one component (a node crash, for failure tests and drills)."""
+        """SIGKILL one component or supervised service (a crash, for failure tests and drills);
+        the supervisor starts a service again."""
+        if name in {s.name for s in self.services.specs()}:
+            try:
+                pid = self.services.kill(name)
+            except LookupError as exc:
+                raise StackError(f"{exc}; `retail stack status` shows its state") from None
+            return f"{name} (pid {pid})"
         _, comp = self._component(name)
         if not comp.process.kill():
             raise StackError(f"{comp.name} is not running")
@@ -406,6 +426,11 @@ class LocalStack:
             comp.process.start()
         self._wait_ready([comp], timeout, reporter or Reporter())
         return comp.name
+
+
+# Seconds a tier gets to stop after SIGTERM: consumers drain their last batch (up to their
+# 60 s drain timeout), Cassandra and Kafka flush.
+_STOP_TIMEOUT = {"supervisor": 120.0, "cassandra": 60.0, "kafka": 60.0}
 
 
 def _shape(topology: Topology) -> str:

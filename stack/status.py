@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from retail import jolokia
+from retail.kafka import Topics, region_lag
 from retail.topology import Topology
 from stack.local import LocalStack
+from stack.services import SupervisedStatus
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,14 @@ class StackStatus:
     services: list[ServiceStatus]
     endpoints: dict[str, Any]
     observer: str | None  # the node whose gossip view the states come from
+    supervised: list[SupervisedStatus]
 
     @property
     def ok(self) -> bool:
-        return all(n.state == "UN" for n in self.nodes) and all(
-            s.state == "up" for s in self.services
+        return (
+            all(n.state == "UN" for n in self.nodes)
+            and all(s.state == "up" for s in self.services)
+            and all(s.state == "running" for s in self.supervised)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +61,7 @@ class StackStatus:
             "endpoints": self.endpoints,
             "nodes": [asdict(n) for n in self.nodes],
             "services": [asdict(s) for s in self.services],
+            "supervised": [asdict(s) for s in self.supervised],
         }
 
 
@@ -117,4 +123,20 @@ def collect(stack: LocalStack) -> StackStatus:
             continue
         state = "down" if pids[c.name] is None else "up" if c.probe() is None else "not ready"
         services.append(ServiceStatus(c.name, c.kind, c.endpoint, state, pids[c.name], rss[c.name]))
-    return StackStatus(nodes, services, endpoints(topo), view.observer if view else None)
+    supervised = stack.services.status(_consumer_lag(topo, stack))
+    return StackStatus(
+        nodes, services, endpoints(topo), view.observer if view else None, supervised
+    )
+
+
+def _consumer_lag(topology: Topology, stack: LocalStack) -> dict[str, int | None]:
+    """Per region with supervised consumers, what its group has not committed (None if Kafka
+    does not answer)."""
+    lag: dict[str, int | None] = {}
+    topics = Topics.from_settings()
+    for region in {s.region for s in stack.services.specs() if s.region}:
+        try:
+            lag[region] = region_lag(topology, topics, region, timeout=5.0)
+        except Exception:  # KafkaException: the broker is down; the table says so elsewhere
+            lag[region] = None
+    return lag

@@ -22,7 +22,7 @@ from tests.integration.pipeline import PipelineRun
 
 log = logging.getLogger(__name__)
 
-RETAIL = [sys.executable, "-m", "retail.cli"]
+RETAIL = [str(Path(sys.executable).with_name("retail"))]  # the command a user runs
 
 # ERROR lines that a test provokes on purpose or that the servers log in normal operation.
 EXPECTED_ERRORS = [

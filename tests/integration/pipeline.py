@@ -23,7 +23,7 @@ from retail.producer import EventProducer, Record, records_from_events
 from retail.rows import TABLES, stock_level
 from retail.topology import Topology
 from stack.process import ManagedProcess
-from streaming.processes import consumer_process
+from stack.services import consumer_process
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,77 @@ def test_human_status_shows_a_table_per_dc(healthy: LocalStack) -> None:
 
 def test_up_on_a_running_stack_changes_nothing(healthy: LocalStack, topology: Topology) -> None:
     before = {c.name: c.process.pid() for c in healthy.components(topology)}
-    retail("stack", "up", "--profile", "test")
+    retail("stack", "up", "--profile", "test", "--consumers", "0")
     after = {c.name: c.process.pid() for c in healthy.components(topology)}
     assert after == before
+
+
+def _supervised() -> dict[str, dict]:
+    return {s["name"]: s for s in status_json()[1]["supervised"]}
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s: {_supervised()}"
+        time.sleep(1.0)
+
+
+@pytest.fixture
+def supervised_consumers(healthy: LocalStack, schema: object) -> Iterator[list[str]]:
+    retail("stack", "up", "--profile", "test", "--consumers", "1")
+    yield [f"consumer-{r.dc}-1" for r in REGIONS]
+    retail("stack", "up", "--profile", "test", "--consumers", "0")  # drains and stops them
+
+
+def test_up_runs_supervised_consumers_and_a_killed_one_comes_back(
+    supervised_consumers: list[str], healthy: LocalStack, topology: Topology
+) -> None:
+    consumers = _supervised()
+    assert sorted(consumers) == sorted(supervised_consumers)
+    assert all(c["state"] == "running" and c["restarts"] == 0 for c in consumers.values())
+    # `up` again with the same services changes nothing.
+    before = {c.name: c.process.pid() for c in healthy.components(topology)}
+    retail("stack", "up", "--profile", "test", "--consumers", "1")
+    assert {c.name: c.process.pid() for c in healthy.components(topology)} == before
+    assert {n: c["pid"] for n, c in _supervised().items()} == {
+        n: c["pid"] for n, c in consumers.items()
+    }
+
+    killed = consumers["consumer-us-east-1"]
+    assert "consumer-us-east-1" in retail("stack", "kill", "consumer-us-east-1").stderr
+    _until(
+        lambda: (
+            (c := _supervised()["consumer-us-east-1"])["state"] == "running" and c["restarts"] == 1
+        ),
+        "the killed consumer running again",
+    )
+    back = _supervised()["consumer-us-east-1"]
+    assert back["pid"] != killed["pid"]
+    assert back["last_exit"] == -9  # SIGKILL
+    human = retail("stack", "status", check=False).stdout
+    assert "Supervised services" in human and "consumer-us-east-1" in human
+
+    # Events still flow through every region's consumers, the restarted one included: each
+    # region's group commits all of them (a consumer commits only after its writes).
+    retail("produce", "--count", "600")
+    _until(
+        lambda: all(c["lag"] == 0 for c in _supervised().values()),
+        "every region's group caught up",
+    )
+    log = retail("stack", "logs", "consumer-us-east-1", "-n", "200").stdout
+    assert log.count("--- started") >= 2
+
+
+def test_down_stops_the_supervised_consumers_with_the_rest(
+    supervised_consumers: list[str], healthy: LocalStack
+) -> None:
+    pids = [c["pid"] for c in _supervised().values()]
+    assert all(pids)
+    healthy.services.process.stop(timeout=120)  # what `down` does first, before the servers
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+    assert all(c["state"] == "down" for c in _supervised().values())
 
 
 def test_nodetool_runs_against_a_node(healthy: LocalStack, topology: Topology) -> None:

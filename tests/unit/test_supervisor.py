@@ -1,0 +1,100 @@
+"""The supervisor restarts a service that exits, with backoff, records it, and stops them all:
+real child processes (sh, sleep), no stack needed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stack.supervisor import ServiceSpec, Supervisor, backoff, read_states, write_specs
+
+
+def test_backoff_doubles_from_one_second_up_to_thirty() -> None:
+    assert [backoff(n) for n in (0, 1, 2, 3, 4, 5, 6, 10)] == [1, 1, 2, 4, 8, 16, 30, 30]
+
+
+def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def supervise(tmp_path: Path) -> Iterator[Callable[[list[ServiceSpec]], threading.Event]]:
+    threads: list[tuple[threading.Thread, threading.Event]] = []
+
+    def start(specs: list[ServiceSpec]) -> threading.Event:
+        write_specs(tmp_path, specs)
+        stop = threading.Event()
+        thread = threading.Thread(target=Supervisor(tmp_path, specs).run, args=(stop,))
+        thread.start()
+        threads.append((thread, stop))
+        return stop
+
+    yield start
+    for thread, stop in threads:
+        stop.set()
+        thread.join(30)
+
+
+def test_a_service_that_dies_is_restarted_and_the_restart_recorded(
+    supervise: Callable[[list[ServiceSpec]], threading.Event], tmp_path: Path
+) -> None:
+    supervise([ServiceSpec("worker", ["sleep", "60"], region="eu-west")])
+    _until(lambda: read_states(tmp_path).get("worker") is not None)
+    first = read_states(tmp_path)["worker"]
+    assert first.state == "running" and first.restarts == 0
+    os.kill(first.pid, signal.SIGKILL)  # a crash
+
+    def restarted() -> bool:
+        st = read_states(tmp_path)["worker"]
+        return st.state == "running" and st.restarts == 1
+
+    _until(restarted)
+    again = read_states(tmp_path)["worker"]
+    assert again.pid != first.pid
+    assert again.last_exit == -signal.SIGKILL
+    assert again.region == "eu-west"
+
+
+def test_a_service_failing_at_once_waits_longer_each_time(
+    supervise: Callable[[list[ServiceSpec]], threading.Event], tmp_path: Path
+) -> None:
+    supervise([ServiceSpec("broken", ["sh", "-c", "echo cannot start; exit 3"])])
+    _until(lambda: (st := read_states(tmp_path).get("broken")) is not None and st.restarts >= 2)
+    st = read_states(tmp_path)["broken"]
+    assert st.last_exit == 3
+    assert st.quick_failures >= 2
+    # Its output is kept where `retail stack logs` reads it.
+    assert (tmp_path / "broken" / "stdout.log").read_text().count("cannot start") >= 2
+    # After three quick failures the wait is 4 s: it is not restarted at once.
+    _until(lambda: read_states(tmp_path)["broken"].quick_failures >= 3)
+    st = read_states(tmp_path)["broken"]
+    assert st.state == "backoff"
+    assert st.next_start_at - st.last_exit_at == pytest.approx(4.0, abs=0.01)
+
+
+def test_a_stop_terminates_every_service_and_restarts_none(
+    supervise: Callable[[list[ServiceSpec]], threading.Event], tmp_path: Path
+) -> None:
+    # The service traps SIGTERM to say it drained, as a consumer does.
+    script = "trap 'echo drained; exit 0' TERM; while true; do sleep 0.1; done"
+    stop = supervise([ServiceSpec("a", ["sh", "-c", script]), ServiceSpec("b", ["sleep", "60"])])
+    _until(lambda: len(read_states(tmp_path)) == 2)
+    _until(lambda: "--- started" in (tmp_path / "a" / "stdout.log").read_text())
+    time.sleep(0.3)  # the trap is set once sh runs its first command
+    pids = [st.pid for st in read_states(tmp_path).values()]
+    stop.set()
+    _until(lambda: all(st.state == "stopped" for st in read_states(tmp_path).values()))
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "drained" in (tmp_path / "a" / "stdout.log").read_text()
+    assert all(st.restarts == 0 for st in read_states(tmp_path).values())
