@@ -126,7 +126,7 @@ def up(
     stack it starts only what is missing or changed."""
     stack = LocalStack()
     topology = profile_topology(profile, nodes_per_dc, brokers)
-    services = service_specs(topology, consumers, stream_rate)
+    services = service_specs(topology, consumers, stream_rate, stack.services.home)
     with console.status("checking the cache") as status:
         fetch_all(stack.settings.cache_dir, lambda step: status.update(f"fetching {step}"))
     names = [c.name for c in stack.components(topology) if c.kind != "supervisor"]

@@ -1,11 +1,11 @@
 """``retail demo``: the platform's main job on this machine, left running for its user.
 
-The three-DC stack comes up with a supervised consumer per region and a realistic event stream
-at a modest rate; Airflow comes up next to it and migrates the schema through its DAG; the
-operations' DAGs are unpaused so that the scheduler runs them as it would in production; once
-the consumers have written what was sent, the retail report is printed (and written as an HTML
-page with charts), then the first scheduled runs are shown as they finish. Everything keeps
-running until ``retail stack down``.
+The three-DC stack comes up with a supervised consumer per region (waiting for the schema);
+Airflow comes up next to it and migrates the schema through its DAG; the operations' DAGs are
+unpaused so that the scheduler runs them as it would in production; a realistic event stream
+starts at a modest rate, supervised like the consumers; once the consumers keep up with it, the
+retail report is printed (and written as an HTML page with charts), then the first scheduled
+runs are shown as they finish. Everything keeps running until ``retail stack down``.
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ def demo(
     profile: Annotated[str, typer.Option("--profile", "-p", help="Stack size.")] = "demo",
     rate: Annotated[
         float, typer.Option(min=1, help="Events per second the stream keeps flowing at.")
-    ] = 100.0,
+    ] = 25.0,
     consumers: Annotated[
         int, typer.Option(min=1, help="Supervised consumer processes per region.")
     ] = 1,
     warmup: Annotated[
         float, typer.Option(help="Seconds of stream to let in before the report.")
-    ] = 20.0,
+    ] = 30.0,
     report_file: Annotated[
         Path, typer.Option("--html", help="Where to write the report's HTML page.")
     ] = Path(".run/report.html"),
@@ -80,7 +80,7 @@ def demo(
     stack = LocalStack()
     topology = profile_topology(profile, None, None)
 
-    steps.next("the local stack: Cassandra in three DCs, Kafka, monitoring, consumers, stream")
+    steps.next("the local stack: Cassandra in three DCs, Kafka, monitoring, the consumers")
     stack_cli.up(
         profile=profile,
         nodes_per_dc=None,
@@ -88,9 +88,9 @@ def demo(
         fresh=False,
         timeout=900.0,
         consumers=consumers,
-        stream_rate=rate,
+        stream_rate=0,
     )
-    steps.done(f"{len(service_specs(topology, consumers, rate))} supervised services")
+    steps.done(f"{len(stack.services.specs())} supervised consumers")
 
     steps.next("Airflow: api-server, scheduler, dag-processor")
     servers = AirflowServers(topology, stack.dir)
@@ -107,6 +107,8 @@ def demo(
     steps.done(f"unpaused {', '.join(SCHEDULED)}")
 
     steps.next(f"events flowing at {rate:g}/s into the consumers")
+    # The stream joins the consumers under the supervisor, which starts it alone.
+    stack.services.configure(service_specs(topology, consumers, rate, stack.services.home))
     written = _wait_for_flow(topology, warmup)
     steps.done(f"the consumers keep up: {written}")
 

@@ -16,8 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retail.topology import Topology
+from stack.errors import StackError
 from stack.process import ManagedProcess
-from stack.supervisor import ServiceSpec, read_specs, read_states, write_specs
+from stack.supervisor import (
+    ServiceSpec,
+    read_specs,
+    read_state,
+    read_states,
+    specs_digest,
+    write_specs,
+)
 
 
 def consumer_process(
@@ -29,18 +37,28 @@ def consumer_process(
     return ManagedProcess(name=f"consumer-{region}", argv=argv, home=home / region, env=env or {})
 
 
-def service_specs(topology: Topology, consumers: int, stream_rate: float) -> list[ServiceSpec]:
-    """``consumers`` consumer processes per region (members of the region's group), and a
-    producer of ``stream_rate`` events per second if it is above 0."""
-    specs = [
-        ServiceSpec(
-            name=f"consumer-{dc.name}-{i}",
-            argv=[sys.executable, "-m", "streaming", "--region", dc.name],
-            region=dc.name,
-        )
-        for dc in topology.datacenters
-        for i in range(1, consumers + 1)
-    ]
+def service_specs(
+    topology: Topology, consumers: int, stream_rate: float, home: Path
+) -> list[ServiceSpec]:
+    """``consumers`` consumer processes per region (members of the region's group), each with
+    a health file its poll loop touches, and a producer of ``stream_rate`` events per second if
+    it is above 0. ``home`` is the supervisor's (where each service's files go)."""
+    specs = []
+    for dc in topology.datacenters:
+        for i in range(1, consumers + 1):
+            name = f"consumer-{dc.name}-{i}"
+            alive = str(home / name / "alive")
+            specs.append(
+                ServiceSpec(
+                    name=name,
+                    argv=[
+                        *(sys.executable, "-m", "streaming", "--region", dc.name),
+                        *("--health-file", alive),
+                    ],
+                    region=dc.name,
+                    health_file=alive,
+                )
+            )
     if stream_rate > 0:
         specs.append(
             ServiceSpec(
@@ -79,17 +97,30 @@ class Services:
     def specs(self) -> list[ServiceSpec]:
         return read_specs(self.home)
 
-    def configure(self, specs: list[ServiceSpec]) -> bool:
-        """Make ``specs`` what the supervisor runs; True if that changed anything (a running
-        supervisor is then stopped first, its consumers draining, and the caller starts it)."""
-        if specs == self.specs():
-            return False
-        self.process.stop(timeout=max((s.stop_timeout for s in self.specs()), default=30) + 10)
-        if specs:
-            write_specs(self.home, specs)
-        else:
+    def configure(self, specs: list[ServiceSpec]) -> None:
+        """Make ``specs`` what the supervisor runs. A running supervisor applies them at once
+        (SIGHUP), touching only the services that differ; none at all stops it. A supervisor
+        not running starts with them when the stack starts its components."""
+        old = self.specs()
+        if specs == old:
+            return
+        grace = sum(s.stop_timeout for s in old) + 10
+        if not specs:
+            self.process.stop(timeout=grace)
             (self.home / "services.json").unlink(missing_ok=True)
-        return True
+            return
+        write_specs(self.home, specs)
+        if (pid := self.process.pid()) is None:
+            return
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + grace
+        while read_state(self.home)[0] != specs_digest(specs):
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"the supervisor did not apply the new services within {grace:.0f}s; "
+                    f"see {self.process.main_log}"
+                )
+            time.sleep(0.2)
 
     def probe(self) -> str | None:
         """None when every service has been started, else what is awaited."""

@@ -4,9 +4,13 @@ supervisor, as supervisord or a Compose restart policy would keep them.
 ``python -m stack.supervisor HOME`` reads ``HOME/services.json`` (what to run), starts each
 service with its output appended to ``HOME/<name>/stdout.log``, and restarts one that exits,
 after a backoff that doubles with each quick failure (1 s up to 30 s) and starts again from 1 s
-once a run has lasted a minute. It writes what it did to ``HOME/state.json`` (pid, restarts,
+once a run has lasted a minute. A service with a health file (a consumer touches one while its
+poll loop turns) that stops touching it is killed and restarted, as a liveness probe would. It
+writes what it did to ``HOME/state.json`` (pid, restarts,
 last exit) on every change, which ``retail stack status`` reads. SIGTERM stops every service
 with SIGTERM (a consumer drains and commits) and waits for it, then SIGKILLs what is left.
+SIGHUP re-reads ``services.json``: services added are started, services removed or changed are
+stopped (and a changed one started again), the others run on untouched.
 
 The services stay in the supervisor's process group, so a stop of the group by the stack reaches
 them too; a service killed alone (``retail stack kill consumer-eu-west-1``) is restarted.
@@ -14,6 +18,7 @@ them too; a service killed alone (``retail stack kill consumer-eu-west-1``) is r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +46,10 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     stop_timeout: float = 90.0
     region: str | None = None  # for a consumer: the region whose group it belongs to
+    # Touched by the service while it works; not touched for ``stale_after`` seconds (counted
+    # from its start at the earliest): stuck, killed and restarted.
+    health_file: str | None = None
+    stale_after: float = 300.0
 
 
 @dataclass
@@ -76,13 +85,23 @@ def read_specs(home: Path) -> list[ServiceSpec]:
         return []
 
 
-def read_states(home: Path) -> dict[str, ServiceState]:
-    """The last state the supervisor wrote, by service name (empty if it never ran)."""
+def specs_digest(specs: list[ServiceSpec]) -> str:
+    """Names a set of specs: the state file says which set the supervisor runs."""
+    return hashlib.sha256(json.dumps([asdict(s) for s in specs]).encode()).hexdigest()[:16]
+
+
+def read_state(home: Path) -> tuple[str | None, dict[str, ServiceState]]:
+    """The digest of the specs the supervisor runs and each service's state by name, as it
+    last wrote them (None and empty if it never ran)."""
     try:
         raw = json.loads((home / "state.json").read_text())
     except (FileNotFoundError, ValueError):
-        return {}
-    return {s["name"]: ServiceState(**s) for s in raw}
+        return None, {}
+    return raw["specs"], {s["name"]: ServiceState(**s) for s in raw["services"]}
+
+
+def read_states(home: Path) -> dict[str, ServiceState]:
+    return read_state(home)[1]
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -99,14 +118,20 @@ class Supervisor:
         self.specs = {s.name: s for s in specs}
         self.states = {s.name: ServiceState(s.name, s.region) for s in specs}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.reload = threading.Event()  # set on SIGHUP
 
     def run(self, stop: threading.Event) -> None:
         for name in self.specs:
             self._start(name)
         self._save()
         while not stop.wait(0.5):
+            if self.reload.is_set():
+                self.reload.clear()
+                self._apply(read_specs(self.home))
+                self._save()
             # A stop of the whole process group reaches the services first: what exits then
             # is stopping, not failing, and is not started again.
+            self._kill_stuck()
             if self._reap() | (not stop.is_set() and self._restart_due()):
                 self._save()
         self._stop_all()
@@ -129,6 +154,40 @@ class Supervisor:
         self.procs[name] = proc
         st.state, st.pid, st.started_at, st.next_start_at = "running", proc.pid, time.time(), None
         log.info("%s started as pid %d", name, proc.pid)
+
+    def _apply(self, specs: list[ServiceSpec]) -> None:
+        """Run ``specs`` from now on, touching only the services that differ."""
+        new = {s.name: s for s in specs}
+        for name in [n for n, spec in self.specs.items() if new.get(n) != spec]:
+            log.info("%s removed or changed: stopping it", name)
+            self._stop([name])
+            del self.specs[name], self.states[name]
+        for name, spec in new.items():
+            if name not in self.specs:
+                self.specs[name], self.states[name] = spec, ServiceState(name, spec.region)
+                self._start(name)
+        self.specs = {n: self.specs[n] for n in new}  # in the file's order, as its digest
+        self.states = {n: self.states[n] for n in new}
+
+    def _kill_stuck(self) -> None:
+        """SIGKILL a running service whose health file has gone stale; the reap restarts it."""
+        now = time.time()
+        for name, proc in self.procs.items():
+            spec, st = self.specs[name], self.states[name]
+            if spec.health_file is None:
+                continue
+            try:
+                touched = os.path.getmtime(spec.health_file)
+            except OSError:
+                touched = 0.0
+            if now - max(touched, st.started_at or now) > spec.stale_after:
+                log.warning(
+                    "%s has not touched %s for %.0fs: stuck; killing it to restart it",
+                    name,
+                    spec.health_file,
+                    spec.stale_after,
+                )
+                proc.kill()
 
     def _reap(self) -> bool:
         """Record the services that exited and when each is due again; True if any did."""
@@ -167,35 +226,50 @@ class Supervisor:
         return bool(due)
 
     def _stop_all(self) -> None:
-        for proc in self.procs.values():
+        self._stop(list(self.states))
+        self._save()
+
+    def _stop(self, names: list[str]) -> None:
+        """SIGTERM the services together, wait for each, SIGKILL one that overstays."""
+        procs = {n: self.procs.pop(n) for n in names if n in self.procs}
+        for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
+        for name, proc in procs.items():
             try:
                 proc.wait(self.specs[name].stop_timeout)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in time; SIGKILL", name)
                 proc.kill()
                 proc.wait()
-        for st in self.states.values():
+        for name in names:
+            st = self.states[name]
             st.state, st.pid, st.next_start_at = "stopped", None, None
-        self._save()
 
     def _save(self) -> None:
-        _write_json(self.home / "state.json", [asdict(s) for s in self.states.values()])
+        _write_json(
+            self.home / "state.json",
+            {
+                "specs": specs_digest(list(self.specs.values())),
+                "services": [asdict(s) for s in self.states.values()],
+            },
+        )
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m stack.supervisor HOME  (HOME holds services.json)")
+    stop, reload = threading.Event(), threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     home = Path(sys.argv[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     specs = read_specs(home)
     if not specs:
         sys.exit(f"no services in {home / 'services.json'}")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    Supervisor(home, specs).run(stop)
+    supervisor = Supervisor(home, specs)
+    supervisor.reload = reload
+    supervisor.run(stop)
 
 
 if __name__ == "__main__":

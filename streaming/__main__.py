@@ -16,12 +16,13 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from cassandra import OperationTimedOut
+from cassandra import DriverException, OperationTimedOut
 from cassandra.cluster import Cluster, NoHostAvailable, Session
 from confluent_kafka import Consumer, Producer
 
@@ -62,7 +63,10 @@ def wait_for(
 
 
 def _schema_ready(cluster: Cluster) -> None:
-    cluster.refresh_schema_metadata()
+    try:
+        cluster.refresh_schema_metadata()
+    except DriverException as exc:  # the schema is changing under a migration: not ready yet
+        raise NotReady(f"schema metadata not readable yet ({exc})") from exc
     ks = cluster.metadata.keyspaces.get(KEYSPACE)
     missing = [t for t in TABLES if ks is None or t not in ks.tables]
     if missing:
@@ -79,7 +83,7 @@ def _cassandra(
         cluster, session = connect(topology, dc, consistency_level=consistency)
         try:
             _schema_ready(cluster)
-        except NotReady:
+        except BaseException:
             cluster.shutdown()
             raise
         return cluster, session
@@ -109,6 +113,13 @@ def main(
     latency_log: Annotated[
         Path | None,
         typer.Option(help="Append every event's end-to-end latency (ms) here (benchmarks)."),
+    ] = None,
+    health_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Touch this file every few seconds while the poll loop turns; a healthcheck "
+            "that finds it older than a minute knows the consumer is stuck."
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -200,13 +211,28 @@ def main(
         topology.bootstrap_servers,
     )
     try:
-        drained = worker.run(stop)
+        drained = worker.run(stop, until=_heartbeat(health_file) if health_file else None)
     except ConsumerStopped as exc:
         log.error("%s", exc)
         raise typer.Exit(3) from None
     finally:
         cluster.shutdown()
     raise typer.Exit(0 if drained else 1)
+
+
+def _heartbeat(path: Path, every: float = 5.0) -> Callable[[], bool]:
+    """A check for the poll loop that never stops it but touches ``path`` at most every
+    ``every`` seconds: the file's age says whether the loop still turns."""
+    last = 0.0
+
+    def beat() -> bool:
+        nonlocal last
+        if (now := time.monotonic()) - last >= every:
+            path.touch()
+            last = now
+        return False
+
+    return beat
 
 
 def run() -> None:

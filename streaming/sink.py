@@ -76,6 +76,29 @@ IN_CHUNK = 100  # keys per IN read: one request, a bounded response
 Rows = Sequence[tuple[str, tuple[object, ...]]]
 
 
+# The failures that mean the cluster has more in flight than it can answer in time.
+TIMEOUTS = (WriteTimeout, ReadTimeout, OperationTimedOut)
+
+
+class InFlightLimit:
+    """How many requests a group keeps in flight: halved on timeouts (down to 1), so that an
+    overloaded cluster gets a retry it can answer instead of the same flood again, and raised
+    back by an eighth of the maximum after each batch written (additive increase,
+    multiplicative decrease, as TCP does)."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = max(1, maximum)
+        self.value = self.maximum
+
+    def overloaded(self) -> bool:
+        """Halve the limit; True if it went down."""
+        before, self.value = self.value, max(1, self.value // 2)
+        return self.value < before
+
+    def succeeded(self) -> None:
+        self.value = min(self.maximum, self.value + max(1, self.maximum // 8))
+
+
 class SinkError(RetailError):
     """A write failed in a way that retrying will not fix (a schema mismatch, a bug)."""
 
@@ -137,7 +160,7 @@ class CassandraSink:
         self.local_dc = local_dc
         self.metrics = metrics
         self.parallelism = max(1, parallelism)
-        self.concurrency = max(1, concurrency // self.parallelism)  # per group
+        self.in_flight = InFlightLimit(concurrency // self.parallelism)  # per group
         self.batch_rows = batch_rows
         self.retry_after = retry_after
         # Prepared once: no query parsing on the hot path, and token-aware routing needs the
@@ -170,13 +193,16 @@ class CassandraSink:
         for position, event in batch:
             groups[position.partition % self.parallelism].append((position, event))
         if len(groups) <= 1:
-            return self._apply(batch)
-        futures = [self._groups.submit(self._apply, group) for group in groups.values()]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            fatal = [e for e in errors if not isinstance(e, SinkBackpressureError)]
-            raise (fatal or errors)[0]  # type: ignore[misc]
-        return Applied.merge([f.result() for f in futures])
+            applied = self._apply(batch)
+        else:
+            futures = [self._groups.submit(self._apply, group) for group in groups.values()]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                fatal = [e for e in errors if not isinstance(e, SinkBackpressureError)]
+                raise (fatal or errors)[0]  # type: ignore[misc]
+            applied = Applied.merge([f.result() for f in futures])
+        self.in_flight.succeeded()
+        return applied
 
     def _apply(self, batch: Sequence[tuple[Position, Event]]) -> Applied:
         try:
@@ -278,7 +304,7 @@ class CassandraSink:
     def _run(
         self, statements: Sequence[tuple[Any, Sequence[object]]], what: str
     ) -> list[list[Any]]:
-        """Execute concurrently (at most ``concurrency`` in flight); raise on any failure."""
+        """Execute concurrently (at most :attr:`in_flight` per group); raise on any failure."""
         if not statements:
             return []
         # With no coordinator up, every request fails at once, inside the driver's callback
@@ -295,12 +321,19 @@ class CassandraSink:
         try:
             # Every statement is tried: the failures are counted, and the retry of the batch
             # redoes only what the writes' idempotency makes harmless anyway.
-            return run_all(self.session, statements, self.concurrency, stop_on_first_error=False)
+            return run_all(
+                self.session, statements, self.in_flight.value, stop_on_first_error=False
+            )
         except (RecursionError, TypeError) as exc:
             raise SinkBackpressureError(self.retry_after, exc) from exc
         except StatementsFailed as failed:
             first = failed.first
             self.metrics.incr(f"sink.errors.{type(first).__name__}", len(failed.failures))
+            if isinstance(first, TIMEOUTS) and self.in_flight.overloaded():
+                log.warning(
+                    "Cassandra timed out: at most %d requests in flight per group from now on",
+                    self.in_flight.value,
+                )
             if isinstance(first, RETRIABLE):
                 raise SinkBackpressureError(self.retry_after, first) from None
             hint = ""

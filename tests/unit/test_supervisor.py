@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from stack.supervisor import ServiceSpec, Supervisor, backoff, read_states, write_specs
+from stack.supervisor import (
+    ServiceSpec,
+    Supervisor,
+    backoff,
+    read_state,
+    read_states,
+    specs_digest,
+    write_specs,
+)
 
 
 def test_backoff_doubles_from_one_second_up_to_thirty() -> None:
@@ -26,17 +34,21 @@ def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+Supervise = Callable[[list[ServiceSpec]], tuple[threading.Event, Supervisor]]
+
+
 @pytest.fixture
-def supervise(tmp_path: Path) -> Iterator[Callable[[list[ServiceSpec]], threading.Event]]:
+def supervise(tmp_path: Path) -> Iterator[Supervise]:
+    """Runs a supervisor of ``specs`` in a thread; gives its stop event and itself."""
     threads: list[tuple[threading.Thread, threading.Event]] = []
 
-    def start(specs: list[ServiceSpec]) -> threading.Event:
+    def start(specs: list[ServiceSpec]) -> tuple[threading.Event, Supervisor]:
         write_specs(tmp_path, specs)
-        stop = threading.Event()
-        thread = threading.Thread(target=Supervisor(tmp_path, specs).run, args=(stop,))
+        stop, supervisor = threading.Event(), Supervisor(tmp_path, specs)
+        thread = threading.Thread(target=supervisor.run, args=(stop,))
         thread.start()
         threads.append((thread, stop))
-        return stop
+        return stop, supervisor
 
     yield start
     for thread, stop in threads:
@@ -45,7 +57,7 @@ def supervise(tmp_path: Path) -> Iterator[Callable[[list[ServiceSpec]], threadin
 
 
 def test_a_service_that_dies_is_restarted_and_the_restart_recorded(
-    supervise: Callable[[list[ServiceSpec]], threading.Event], tmp_path: Path
+    supervise: Supervise, tmp_path: Path
 ) -> None:
     supervise([ServiceSpec("worker", ["sleep", "60"], region="eu-west")])
     _until(lambda: read_states(tmp_path).get("worker") is not None)
@@ -65,7 +77,7 @@ def test_a_service_that_dies_is_restarted_and_the_restart_recorded(
 
 
 def test_a_service_failing_at_once_waits_longer_each_time(
-    supervise: Callable[[list[ServiceSpec]], threading.Event], tmp_path: Path
+    supervise: Supervise, tmp_path: Path
 ) -> None:
     supervise([ServiceSpec("broken", ["sh", "-c", "echo cannot start; exit 3"])])
     _until(lambda: (st := read_states(tmp_path).get("broken")) is not None and st.restarts >= 2)
@@ -82,11 +94,11 @@ def test_a_service_failing_at_once_waits_longer_each_time(
 
 
 def test_a_stop_terminates_every_service_and_restarts_none(
-    supervise: Callable[[list[ServiceSpec]], threading.Event], tmp_path: Path
+    supervise: Supervise, tmp_path: Path
 ) -> None:
     # The service traps SIGTERM to say it drained, as a consumer does.
     script = "trap 'echo drained; exit 0' TERM; while true; do sleep 0.1; done"
-    stop = supervise([ServiceSpec("a", ["sh", "-c", script]), ServiceSpec("b", ["sleep", "60"])])
+    stop, _ = supervise([ServiceSpec("a", ["sh", "-c", script]), ServiceSpec("b", ["sleep", "60"])])
     _until(lambda: len(read_states(tmp_path)) == 2)
     _until(lambda: "--- started" in (tmp_path / "a" / "stdout.log").read_text())
     time.sleep(0.3)  # the trap is set once sh runs its first command
@@ -98,3 +110,36 @@ def test_a_stop_terminates_every_service_and_restarts_none(
             os.kill(pid, 0)
     assert "drained" in (tmp_path / "a" / "stdout.log").read_text()
     assert all(st.restarts == 0 for st in read_states(tmp_path).values())
+
+
+def test_a_service_that_stops_touching_its_health_file_is_killed_and_restarted(
+    supervise: Supervise, tmp_path: Path
+) -> None:
+    alive = tmp_path / "alive"
+    stuck = ServiceSpec("stuck", ["sleep", "60"], health_file=str(alive), stale_after=1.0)
+    touching = f"while true; do touch {tmp_path / 'ok'}; sleep 0.2; done"
+    well = ServiceSpec("well", ["sh", "-c", touching], health_file=str(tmp_path / "ok"))
+    supervise([stuck, well])
+    _until(lambda: (st := read_states(tmp_path).get("stuck")) is not None and st.restarts >= 1)
+    states = read_states(tmp_path)
+    assert states["stuck"].last_exit == -signal.SIGKILL
+    assert states["well"].restarts == 0
+
+
+def test_new_specs_start_what_was_added_and_stop_what_was_removed_touching_nothing_else(
+    supervise: Supervise, tmp_path: Path
+) -> None:
+    keep, drop = ServiceSpec("keep", ["sleep", "60"]), ServiceSpec("drop", ["sleep", "60"])
+    _, supervisor = supervise([keep, drop])
+    _until(lambda: len(read_states(tmp_path)) == 2)
+    before = read_states(tmp_path)
+    added = ServiceSpec("added", ["sleep", "60"])
+    write_specs(tmp_path, [keep, added])
+    supervisor.reload.set()  # what SIGHUP does
+    _until(lambda: read_state(tmp_path)[0] == specs_digest([keep, added]))
+    after = read_states(tmp_path)
+    assert list(after) == ["keep", "added"]
+    assert after["keep"].pid == before["keep"].pid  # untouched
+    assert after["added"].state == "running"
+    with pytest.raises(ProcessLookupError):
+        os.kill(before["drop"].pid, 0)
