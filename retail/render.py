@@ -20,6 +20,21 @@ def money(cents: int, currency: str | None) -> str:
     return f"{cents / 100:,.2f} {currency or ''}".strip()
 
 
+ORDER_COLUMNS = ("order", "store", "region", "time", "total", "items")
+
+
+def order_cells(order: dict) -> tuple[str, ...]:
+    """A customer's order as the cells of a row under :data:`ORDER_COLUMNS`."""
+    return (
+        order["order_id"],
+        order["store_id"],
+        order["region"],
+        str(order["event_time"]),
+        money(order["total_cents"], order["currency"]),
+        str(order["items"]),
+    )
+
+
 def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
     t = Table(title=title, title_justify="left")
     for col in columns:
@@ -83,21 +98,7 @@ def report_tables(report: Report) -> list[Table]:
         for store, levels in report.stock.items()
     ]
     tables += [
-        _table(
-            f"Orders of {customer}",
-            ("order", "store", "region", "time", "total", "items"),
-            (
-                (
-                    o["order_id"],
-                    o["store_id"],
-                    o["region"],
-                    o["event_time"],
-                    money(o["total_cents"], o["currency"]),
-                    str(o["items"]),
-                )
-                for o in orders
-            ),
-        )
+        _table(f"Orders of {customer}", ORDER_COLUMNS, (order_cells(o) for o in orders))
         for customer, orders in report.customer_orders.items()
     ]
     return tables

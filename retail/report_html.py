@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from retail.render import money
+from retail.render import ORDER_COLUMNS, money, order_cells
 from retail.report import (
     HOURS,
     SOURCES,
@@ -277,21 +277,7 @@ def _stock_table(levels: Sequence[StockLevel]) -> str:
 def _customer_sections(report: Report) -> list[str]:
     return [
         f"<h2>Orders of {_esc(customer)}</h2>\n"
-        + _table(
-            ("order", "store", "region", "time", "total", "items"),
-            (
-                (
-                    o["order_id"],
-                    o["store_id"],
-                    o["region"],
-                    o["event_time"],
-                    money(o["total_cents"], o["currency"]),
-                    str(o["items"]),
-                )
-                for o in orders
-            ),
-            numeric={5},
-        )
+        + _table(ORDER_COLUMNS, (order_cells(o) for o in orders), numeric={5})
         for customer, orders in report.customer_orders.items()
     ]
 
