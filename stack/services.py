@@ -123,10 +123,10 @@ class Services:
             time.sleep(0.2)
 
     def probe(self) -> str | None:
-        """None when every service has been started, else what is awaited."""
-        states = read_states(self.home)
-        waiting = [s.name for s in self.specs() if states.get(s.name) is None]
-        return f"starting {', '.join(waiting)}" if waiting else None
+        """None once the supervisor runs the services configured, else what is awaited."""
+        if read_state(self.home)[0] != specs_digest(self.specs()):
+            return "starting the services"
+        return None
 
     def log_of(self, name: str) -> Path:
         return self.home / name / "stdout.log"

@@ -13,11 +13,14 @@ SIGHUP re-reads ``services.json``: services added are started, services removed 
 stopped (and a changed one started again), the others run on untouched.
 
 The services stay in the supervisor's process group, so a stop of the group by the stack reaches
-them too; a service killed alone (``retail stack kill consumer-eu-west-1``) is restarted.
+them too; a service killed alone (``retail stack kill consumer-eu-west-1``) is restarted. If the
+supervisor itself dies, its services get SIGTERM from the kernel (PR_SET_PDEATHSIG) and drain:
+no service outlives it unsupervised.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -35,6 +38,7 @@ log = logging.getLogger("stack.supervisor")
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
 HEALTHY_RUN = 60.0  # a run this long resets the backoff
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,11 @@ def read_states(home: Path) -> dict[str, ServiceState]:
     return read_state(home)[1]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the supervisor dies (Linux prctl)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _write_json(path: Path, data: object) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -150,6 +159,7 @@ class Supervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **spec.env},
+                preexec_fn=_die_with_parent,
             )
         self.procs[name] = proc
         st.state, st.pid, st.started_at, st.next_start_at = "running", proc.pid, time.time(), None

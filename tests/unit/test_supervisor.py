@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -143,3 +145,24 @@ def test_new_specs_start_what_was_added_and_stop_what_was_removed_touching_nothi
     assert after["added"].state == "running"
     with pytest.raises(ProcessLookupError):
         os.kill(before["drop"].pid, 0)
+
+
+def test_the_services_of_a_supervisor_that_dies_get_sigterm(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = f"trap 'echo drained > {out}; exit 0' TERM; while true; do sleep 0.1; done"
+    write_specs(tmp_path, [ServiceSpec("a", ["sh", "-c", script])])
+    sup = subprocess.Popen([sys.executable, "-m", "stack.supervisor", str(tmp_path)])
+    _until(lambda: (st := read_states(tmp_path).get("a")) is not None and st.pid is not None)
+    time.sleep(0.3)  # the trap is set once sh runs its first command
+    child = read_states(tmp_path)["a"].pid
+    sup.kill()  # the supervisor crashes: no chance to stop its services itself
+    sup.wait()
+    _until(out.exists)
+    _until(lambda: not Path(f"/proc/{child}").exists() or _zombie(child))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    except OSError:
+        return True
