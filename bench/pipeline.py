@@ -33,10 +33,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
-from cassandra.concurrent import execute_concurrent
 
 from retail import migrations
-from retail.cassandra import connect
+from retail.cassandra import StatementsFailed, connect, run_all
 from retail.events import Event, decode
 from retail.generator import StreamGenerator
 from retail.kafka import Topics, ensure_topics, region_lag
@@ -107,13 +106,11 @@ def _write_region(args: tuple[str, list[bytes], int, int]) -> float:
         # A write that times out (a cold JVM, a compaction) is sent again, as the consumer
         # would: the time it costs counts.
         for _ in range(5):
-            results = execute_concurrent(
-                session, statements, concurrency=concurrency, raise_on_first_error=False
-            )
-            failed = [s for s, (ok, _) in zip(statements, results, strict=True) if not ok]
-            if not failed:
+            try:
+                run_all(session, statements, concurrency, stop_on_first_error=False)
                 return time.perf_counter() - started
-            statements = failed
+            except StatementsFailed as failed:
+                statements = [statements[i] for i in sorted(failed.failures)]
         raise RuntimeError(f"ceiling: {len(statements)} writes still failing after 5 rounds")
     finally:
         cluster.shutdown()
