@@ -31,6 +31,7 @@ def chromium(width: int = 1400, height: int = 1000) -> Iterator[webdriver.Chrome
         "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
         "--disable-dev-shm-usage",
         "--disable-gpu",
+        "--lang=en-US",  # the tests read English text
         f"--window-size={width},{height}",
     ):
         options.add_argument(arg)
