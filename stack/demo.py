@@ -178,7 +178,7 @@ def _wait_for_flow(topology: Topology, warmup: float) -> str:
             time.sleep(1.0)
 
 
-def _show_scheduled_runs(api: httpx.Client, timeout: float = 150.0) -> None:
+def _show_scheduled_runs(api: httpx.Client, timeout: float = 90.0) -> None:
     """Wait up to ``timeout`` seconds for the first run the scheduler makes of each unpaused
     DAG; print how each went or that it still runs (a repair of every keyspace takes longer:
     the UI follows it). Fails if one failed."""
