@@ -67,8 +67,11 @@ def demo(
         float, typer.Option(help="Seconds of stream to let in before the report.")
     ] = 20.0,
     report_file: Annotated[
-        Path, typer.Option("--html", help="Where to write the report's HTML page.")
-    ] = Path(".run/report.html"),
+        Path | None,
+        typer.Option(
+            "--html", help="Where to write the report's HTML page [default: STATE_DIR/report.html]."
+        ),
+    ] = None,
 ) -> None:
     """The platform's main job, left running: the three-DC stack with a supervised consumer per
     region and a live event stream, Airflow migrating the schema through its DAG and running
@@ -80,6 +83,7 @@ def demo(
 
     steps = Steps(5)
     stack = LocalStack()
+    report_file = report_file or stack.settings.state_dir / "report.html"
     topology = profile_topology(profile, None, None)
     servers = AirflowServers(topology, stack.dir)
 
