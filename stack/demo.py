@@ -69,7 +69,7 @@ def demo(
     report_file: Annotated[
         Path | None,
         typer.Option(
-            "--html", help="Where to write the report's HTML page [default: STATE_DIR/report.html]."
+            "--html", help="Where to write the report's HTML page (default: STATE_DIR/report.html)."
         ),
     ] = None,
 ) -> None:
