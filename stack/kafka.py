@@ -26,12 +26,24 @@ def broker_home(stack_dir: Path, broker: KafkaBroker) -> Path:
     return stack_dir / "kafka" / broker.name
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: a UUID in unpadded base64url.
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with ``-``: one id in 64 would,
+    and a command-line tool reads it as an option (``kafka-storage format -t -x...`` fails).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
 def cluster_id(stack_dir: Path) -> str:
-    """The KRaft cluster id (a base64url UUID), made once per stack directory."""
+    """The KRaft cluster id, made once per stack directory."""
     path = stack_dir / "kafka" / "cluster-id"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        path.write_text(new_cluster_id())
     return path.read_text().strip()
 
 
@@ -93,18 +105,17 @@ def format_storage(
         f"{artifacts.kafka_lib}/*",
         "kafka.tools.StorageTool",
         "format",
-        "-t",
-        cluster_id(stack_dir),
-        "-c",
-        str(home / "server.properties"),
+        f"--cluster-id={cluster_id(stack_dir)}",
+        f"--config={home / 'server.properties'}",
     ]
     if len(topology.brokers) == 1:
         argv.append("--standalone")
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise ComponentError(
-            broker.name, "formatting its storage failed", (done.stdout + done.stderr)[-3000:]
-        )
+        output = (done.stdout + done.stderr).strip()
+        # The tool's last line says why (a test's traceback shows only the message).
+        last = output.splitlines()[-1] if output else f"exit code {done.returncode}"
+        raise ComponentError(broker.name, f"formatting its storage failed: {last}", output[-3000:])
 
 
 def broker_process(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,27 @@ def test_kafka_properties_pick_the_quorum_mode(tmp_path: Path, brokers: int, quo
     props = (home / "server.properties").read_text()
     assert quorum in props.splitlines()
     assert f"offsets.topic.replication.factor={brokers}" in props
+
+
+def test_new_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0xf8 encodes to "-" in base64url: the first draw would read as an option on a command line.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x04" + bytes(15))])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
+    assert kafka.new_cluster_id() == "BAAAAAAAAAAAAAAAAAAAAA"
+
+
+def test_storage_formats_whatever_the_cluster_id_starts_with(
+    artifacts: Artifacts, tmp_path: Path
+) -> None:
+    # A stack made before ids were drawn without a leading "-" keeps its id; CI once drew one.
+    topo = profile_topology("test")
+    broker = topo.brokers[0]
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "cluster-id").write_text("-46zcumXTZK8RBbW88U_PA")
+    home = kafka.write_config(tmp_path, topo, broker)
+    kafka.format_storage(tmp_path, topo, broker, artifacts)
+    meta = (home / "data" / "meta.properties").read_text().splitlines()
+    assert "cluster.id=-46zcumXTZK8RBbW88U_PA" in meta
 
 
 def test_scrape_targets_label_every_node_with_its_dc() -> None:
