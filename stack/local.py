@@ -21,7 +21,7 @@ import httpx
 from retail import jolokia
 from retail.settings import Settings, get_settings
 from retail.topology import CassandraNode, KafkaBroker, Topology
-from stack import cassandra, kafka, monitoring
+from stack import cassandra, kafka, monitoring, secrets
 from stack.airflow import AirflowServers
 from stack.errors import ComponentError, StackError
 from stack.fetch import Artifacts, fetch_all
@@ -298,6 +298,7 @@ class LocalStack:
         fetch_all(self.settings.cache_dir, on_fetch)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.topology_file.write_text(topology.to_json())
+        secrets.ensure(self.dir, topology)
         if services is not None:
             self.services.configure(services)
         comps = self.components(topology)

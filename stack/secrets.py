@@ -1,0 +1,200 @@
+"""The local stack's secrets, generated on its first ``up``: every login, and a CA of its own
+that signs each server's certificate.
+
+Everything lands in ``<stack dir>/secrets/`` (mode 0700): ``credentials.json`` and every private
+key are created with mode 0600 by the ``open`` call itself (``O_EXCL``), so no other user can
+read them in the moment before a chmod. Clients read them through :mod:`retail.credentials`;
+nothing here prints or logs a password.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from retail import credentials as cred
+from retail.topology import Topology
+
+log = logging.getLogger(__name__)
+
+CA_KEY_FILE = "ca.key"
+CERT_DAYS = 730
+
+
+def secrets_dir(stack_dir: Path) -> Path:
+    return stack_dir / "secrets"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file only its owner can read, replacing ``path`` atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def wanted_logins(topology: Topology) -> dict[str, list[str]]:
+    """Every login the platform of ``topology`` uses, by system."""
+    return {
+        "cassandra": list(cred.CASSANDRA_ROLES),
+        "kafka": [
+            cred.KAFKA_ADMIN,
+            cred.KAFKA_PRODUCER,
+            cred.KAFKA_OPS,
+            *(cred.kafka_consumer(dc.name) for dc in topology.datacenters),
+        ],
+        "jolokia": [cred.JOLOKIA_USER],
+        "airflow": list(cred.AIRFLOW_USERS),
+    }
+
+
+def ensure(stack_dir: Path, topology: Topology) -> cred.Credentials:
+    """Generate what is missing (logins, the CA, server certificates) and keep what exists: a
+    restarted stack keeps its passwords, and a DC added later gets its consumer's login."""
+    directory = secrets_dir(stack_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / cred.CREDENTIALS_FILE
+    logins: dict[str, dict[str, str]] = json.loads(path.read_text()) if path.exists() else {}
+    added = 0
+    for system, users in wanted_logins(topology).items():
+        have = logins.setdefault(system, {})
+        for user in users:
+            if user not in have:
+                # 24 URL-safe characters: 144 random bits, and nothing a config file or a
+                # JAAS line would have to quote.
+                have[user] = secrets.token_urlsafe(18)
+                added += 1
+    if added:
+        write_private(path, json.dumps(logins, indent=2).encode())
+        log.info("generated %d login(s) into %s", added, path)
+    ca_key, ca_cert = _ensure_ca(directory)
+    for name, address in _servers(topology):
+        _ensure_server_cert(directory, name, address, ca_key, ca_cert)
+    return cred.Credentials(directory, logins)
+
+
+def server_pem(stack_dir: Path, name: str) -> Path:
+    """A server's private key followed by its certificate (PEM), as Cassandra's and Kafka's PEM
+    key stores read them."""
+    return secrets_dir(stack_dir) / "servers" / f"{name}.pem"
+
+
+def _servers(topology: Topology) -> list[tuple[str, str]]:
+    return [(n.name, n.address) for n in topology.nodes] + [
+        (b.name, b.address) for b in topology.brokers
+    ]
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "retail-platform local stack"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(
+        now + datetime.timedelta(days=CERT_DAYS)
+    )
+
+
+def _ensure_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key_path, cert_path = directory / CA_KEY_FILE, directory / cred.CA_FILE
+    if key_path.exists() and cert_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(f"retail-platform CA {secrets.token_hex(4)}")
+    cert = (
+        _validity(x509.CertificateBuilder())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    write_private(key_path, _pkcs8(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    log.info("generated the stack's CA into %s", cert_path)
+    return key, cert
+
+
+def _ensure_server_cert(
+    directory: Path,
+    name: str,
+    address: str,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+) -> None:
+    path = server_pem(directory.parent, name)
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _validity(x509.CertificateBuilder())
+        .subject_name(_name(name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            # The address clients dial is the name checked: every server listens on its own.
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName(name)]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            # Server and client: a Cassandra node or Kafka broker is also the client of its peers.
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    write_private(path, _pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
+    # PKCS#8, unencrypted: the form both Cassandra's and Kafka's PEM key stores accept.
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
