@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 PROFILE ?= demo
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help setup fetch browser demo test test-unit test-integration lint compose-check bench stack-down clean
+.PHONY: help setup fetch browser demo test test-unit test-integration lint compose-check compose-secrets bench stack-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -45,9 +45,12 @@ lint: $(VENV)/.installed  ## ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-compose-check:  ## validate docker/compose.yaml with Debian's docker-compose (no engine needed)
+compose-check: compose-secrets  ## validate docker/compose.yaml with Debian's docker-compose (no engine needed)
 	@command -v docker-compose >/dev/null || scripts/apt-install docker-compose
 	docker-compose -f docker/compose.yaml config -q
+
+compose-secrets: $(VENV)/.installed  ## generate the Compose deployment's logins, CA and certificates into docker/secrets (kept)
+	$(BIN)/retail stack secrets --out docker/secrets
 
 bench: setup  ## pipeline benchmark: raw-driver ceiling, naive consumer, our consumers, latency, RSS
 	$(BIN)/python bench/pipeline.py

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pipeline import drain, fresh_topics, log, ready_stack, run_consumers, truncate
 
 from retail.cassandra import connect
+from retail.credentials import CASSANDRA_OPS
 from retail.generator import StreamGenerator
 from retail.kafka import client_config
 from retail.ops import audit
@@ -107,7 +108,9 @@ def main() -> int:
     def sessions(region: str):
         # The region's own DC at LOCAL_QUORUM, as the DAG's audit reads.
         if region not in opened:
-            opened[region] = connect(topology, region, consistency_level="LOCAL_QUORUM")
+            opened[region] = connect(
+                topology, region, consistency_level="LOCAL_QUORUM", role=CASSANDRA_OPS
+            )
         return opened[region][1]
 
     try:

@@ -36,6 +36,7 @@ import msgspec
 
 from retail import migrations
 from retail.cassandra import StatementsFailed, connect, run_all
+from retail.credentials import CASSANDRA_CONSUMER, CASSANDRA_OPS
 from retail.events import Event, decode
 from retail.generator import StreamGenerator
 from retail.kafka import Topics, ensure_topics, region_lag
@@ -68,7 +69,7 @@ def ready_stack() -> tuple[Topology, object, object]:
     if topology is None or not stack.running(topology):
         log("starting the local test stack")
         topology = stack.up(profile_topology("test"))
-    cluster, session = connect(topology, topology.datacenters[0].name)
+    cluster, session = connect(topology, topology.datacenters[0].name, role=CASSANDRA_OPS)
     migrations.migrate(cluster, session, topology)
     return topology, cluster, session
 
@@ -92,7 +93,7 @@ def _write_region(args: tuple[str, list[bytes], int, int]) -> float:
     the seconds it took (after preparing)."""
     dc, encoded, concurrency, batch_rows = args
     topology = LocalStack().topology()
-    cluster, session = connect(topology, dc)
+    cluster, session = connect(topology, dc, role=CASSANDRA_CONSUMER)
     try:
         prepared = {t: session.prepare(cql) for t, cql in INSERTS.items()}
         events = [decode(e) for e in encoded]

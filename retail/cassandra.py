@@ -20,6 +20,7 @@ from cassandra.policies import (
 )
 from pydantic import SecretStr
 
+from retail.credentials import CA_FILE, stack_credentials
 from retail.errors import ConfigError, RetailError
 from retail.settings import Settings, get_settings
 from retail.topology import Topology
@@ -142,9 +143,21 @@ class ClientOptions:
             )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ClientOptions:
-        """Credentials from the settings (``RETAIL_CASSANDRA_USERNAME``/``_PASSWORD``)."""
-        return cls(settings.cassandra_username, settings.cassandra_password)
+    def for_role(cls, role: str, settings: Settings | None = None) -> ClientOptions:
+        """How a client in ``role`` (:mod:`retail.roles`) logs in: as
+        ``RETAIL_CASSANDRA_USERNAME``/``_PASSWORD`` when set (a deployment names its login),
+        else with the role's login from the platform's credentials; over TLS either way,
+        trusting the platform's CA (the system's CAs when the secrets hold none)."""
+        settings = settings or get_settings()
+        ca = settings.secrets_path / CA_FILE
+        tls = TlsOptions(
+            ca_certs=str(ca) if ca.exists() else None,
+            check_hostname=settings.cassandra_tls_check_hostname,
+        )
+        if settings.cassandra_username and settings.cassandra_password:
+            return cls(settings.cassandra_username, settings.cassandra_password, tls)
+        login = stack_credentials(settings).login("cassandra", role)
+        return cls(login.username, login.password, tls)
 
     def auth_provider(self) -> PlainTextAuthProvider | None:
         if not (self.username and self.password):
@@ -291,6 +304,7 @@ def connect(
     consistency_level: str = "LOCAL_QUORUM",
     pin_to_dc: bool = False,
     request_timeout: float = 10.0,
+    role: str | None = None,
     settings: Settings | None = None,
     options: ClientOptions | None = None,
 ) -> tuple[Cluster, Session]:
@@ -298,11 +312,14 @@ def connect(
 
     ``pin_to_dc`` never lets a request leave the DC, even if every local node is down: for
     checks that must read one DC's replicas only (the driver's DC-aware policy does not
-    fail over to remote DCs by default either, but this makes it explicit). ``options``:
-    credentials, TLS and other driver options (default: the settings' credentials).
+    fail over to remote DCs by default either, but this makes it explicit). Who connects:
+    ``options`` (credentials, TLS and other driver options, as an Airflow connection gives
+    them), else the login of ``role`` (:meth:`ClientOptions.for_role`).
     """
     if options is None:
-        options = ClientOptions.from_settings(settings or get_settings())
+        if role is None:
+            raise ConfigError("connect() needs the role to log in as (retail.roles) or options")
+        options = ClientOptions.for_role(role, settings)
     cluster = cluster_for(
         topology,
         local_dc,

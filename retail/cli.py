@@ -1,6 +1,7 @@
-"""The platform's commands: migrate, produce, report, health, airflow-env. Each is a thin front
-on the library. The ``retail`` command adds the local stack's (``retail stack``, ``retail demo``)
-from :mod:`stack.cli`; ``python -m retail`` runs these alone, without the stack."""
+"""The platform's commands: migrate, roles, produce, report, health, airflow-env. Each is a
+thin front on the library. The ``retail`` command adds the local stack's (``retail stack``,
+``retail demo``) from :mod:`stack.cli`; ``python -m retail`` runs these alone, without the
+stack."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from cassandra import Unauthorized
 from rich.console import Console
 from rich.panel import Panel
 
@@ -50,10 +52,11 @@ def migrate(
     runs): in order, each recorded with its checksum, under a cluster-wide lock."""
     from retail import migrations
     from retail.cassandra import connect
+    from retail.credentials import CASSANDRA_OPS
     from retail.topology import current_topology
 
     topology = current_topology()
-    cluster, session = connect(topology, dc or topology.datacenters[0].name)
+    cluster, session = connect(topology, dc or topology.datacenters[0].name, role=CASSANDRA_OPS)
     try:
         report = migrations.migrate(
             cluster,
@@ -68,6 +71,20 @@ def migrate(
     finally:
         cluster.shutdown()
     console.print(report.summary())
+
+
+@app.command()
+def roles() -> None:
+    """Set up Cassandra's logins from the platform's credentials (RETAIL_SECRETS_DIR): on a new
+    cluster, replicate system_auth per the topology, create the admin role and disable the
+    default `cassandra` superuser; then create the consumer, operations and analyst roles with
+    their passwords and grants. Safe to run again; `retail stack up` runs it itself."""
+    from retail.credentials import stack_credentials
+    from retail.ops.access import secure
+    from retail.topology import current_topology
+
+    secure(current_topology(), stack_credentials(), report=console.print)
+    console.print("Cassandra roles: retail_admin, retail_ops, retail_consumer, retail_analyst")
 
 
 @app.command("airflow-env")
@@ -215,6 +232,7 @@ def report(
 
     from retail import report as rep
     from retail.cassandra import connect
+    from retail.credentials import CASSANDRA_ANALYST
     from retail.render import print_report
     from retail.topology import current_topology
 
@@ -224,7 +242,10 @@ def report(
     for r in regions:
         topology.datacenter(r)
     cluster, session = connect(
-        topology, topology.datacenters[0].name, consistency_level="LOCAL_QUORUM"
+        topology,
+        topology.datacenters[0].name,
+        consistency_level="LOCAL_QUORUM",
+        role=CASSANDRA_ANALYST,
     )
     try:
         result = rep.build(session, regions, the_day, store=store, customer=customer, top=top)
@@ -288,6 +309,19 @@ def main() -> None:
             path = getattr(exc, "log_path", "")
             console.print(Panel(tail, title=f"end of {path or 'its log'}", border_style="red"))
         sys.exit(1)
+    except Unauthorized as exc:
+        # A role asked for more than it was granted (retail.roles): say which, not a traceback.
+        console.print(f"[bold red]refused by Cassandra:[/] {_server_message(exc)}")
+        console.print(
+            "Each command logs in with the least it needs (DESIGN.md, Security); `retail "
+            "migrate` grants the platform's roles their permissions on its keyspace."
+        )
+        sys.exit(1)
+
+
+def _server_message(exc: Exception) -> str:
+    text = str(exc)
+    return text.split('message="', 1)[-1].rstrip('"') if 'message="' in text else text
 
 
 if __name__ == "__main__":

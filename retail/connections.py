@@ -18,11 +18,17 @@ running stack) and in a deployment from Airflow's connection store or a secrets 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from retail.cassandra import ClientOptions
+from retail.credentials import CASSANDRA_OPS
+from retail.errors import ConfigError
 from retail.settings import Settings, get_settings
 from retail.topology import Topology
+
+log = logging.getLogger(__name__)
 
 CASSANDRA_CONN_ID = "retail_cassandra"
 KAFKA_CONN_ID = "retail_kafka"
@@ -39,9 +45,19 @@ def connections(topology: Topology, settings: Settings | None = None) -> dict[st
         "port": home.nodes[0].cql_port,
         "extra": {"local_dc": home.name, "topology": json.loads(topology.to_json())},
     }
-    if settings.cassandra_username and settings.cassandra_password:
-        cassandra["login"] = settings.cassandra_username
-        cassandra["password"] = settings.cassandra_password.get_secret_value()
+    # The DAGs log in as the operations role, over TLS to the platform's CA. Before the
+    # platform's credentials exist (no stack yet), the connection carries no login: enough for
+    # the DAG integrity tests, and a DAG run then fails with Cassandra's refusal.
+    try:
+        options = ClientOptions.for_role(CASSANDRA_OPS, settings)
+    except ConfigError as exc:
+        log.debug("%s: the Cassandra connection carries no login", exc)
+        options = ClientOptions()
+    if options.username and options.password:
+        cassandra["login"] = options.username
+        cassandra["password"] = options.password.get_secret_value()
+    if options.tls and options.tls.ca_certs:
+        cassandra["extra"]["ssl_options"] = {"ca_certs": options.tls.ca_certs}
     return {
         CASSANDRA_CONN_ID: cassandra,
         KAFKA_CONN_ID: {

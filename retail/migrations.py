@@ -50,6 +50,8 @@ from cassandra.query import SimpleStatement
 from retail.cassandra import AGREEMENT_TIMEOUT_SECONDS, wait_for_schema_agreement
 from retail.errors import RetailError
 from retail.ops import replication
+from retail.roles import KEYSPACE_GRANTS
+from retail.rows import KEYSPACE
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -626,6 +628,17 @@ def _record(session: Session, migration: Migration) -> None:
     )
 
 
+def grant_keyspace_permissions(session: Session) -> None:
+    """Hand the consumers and the analyst their permissions on the platform's keyspace
+    (:mod:`retail.roles`): after every run, since a GRANT needs its keyspace to exist, and
+    repeating one changes nothing."""
+    if KEYSPACE not in _live_replication(session):
+        return
+    for grant in KEYSPACE_GRANTS:
+        session.execute(grant.cql)
+    log.info("granted %d permissions on keyspace %s", len(KEYSPACE_GRANTS), KEYSPACE)
+
+
 def migrate(
     cluster: Cluster,
     session: Session,
@@ -688,6 +701,7 @@ def migrate(
                 lock.ensure_held(f"recording {migration.path.name} as applied")
                 _record(session, migration)
                 report.applied_now.append(migration.version)
+            grant_keyspace_permissions(session)
     finally:
         cluster.max_schema_agreement_wait = driver_wait
     log.info(

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=12, ge=1, le=256)
     cassandra_username: str | None = None
     cassandra_password: SecretStr | None = None
+    cassandra_tls_check_hostname: bool = Field(
+        default=True,
+        description=(
+            "Check that a node's certificate names the address dialled. Off only where nodes are "
+            "reached at addresses no certificate can name: Compose's container IPs, which the "
+            "driver learns from system.peers (the CA is still checked)."
+        ),
+    )
     log_level: str = "INFO"
 
     @property

@@ -65,11 +65,18 @@ class Profile:
     brokers: int
     heap_mb: int
     description: str
+    internode_tls: bool = False
 
 
 PROFILES: dict[str, Profile] = {
     "test": Profile(1, 1, 512, "one Cassandra node per DC and one Kafka broker: what CI runs"),
-    "demo": Profile(2, 1, 512, "two Cassandra nodes per DC (RF 2 in each) and one Kafka broker"),
+    "demo": Profile(
+        2,
+        1,
+        512,
+        "two Cassandra nodes per DC (RF 2 in each), one Kafka broker, TLS between the nodes",
+        internode_tls=True,
+    ),
 }
 
 
@@ -135,6 +142,9 @@ class Topology:
     brokers: tuple[KafkaBroker, ...]
     heap_mb: int = 512
     cluster_name: str = CLUSTER_NAME
+    # Node-to-node traffic over TLS (clients always use TLS): the demo profile's choice; the
+    # test profile saves the handshakes.
+    internode_tls: bool = False
     prometheus: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 9090))
     alertmanager: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 9093))
     statsd: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 9125))
@@ -196,6 +206,7 @@ class Topology:
             brokers=tuple(KafkaBroker(**b) for b in raw["brokers"]),
             heap_mb=raw["heap_mb"],
             cluster_name=raw["cluster_name"],
+            internode_tls=raw.get("internode_tls", False),
             prometheus=Endpoint(**raw["prometheus"]),
             alertmanager=Endpoint(**raw["alertmanager"]),
             statsd=Endpoint(**raw["statsd"]),
@@ -241,7 +252,10 @@ def parse_node_counts(spec: str | int) -> dict[str, int]:
 
 
 def build_topology(
-    nodes_per_dc: dict[str, int] | int, brokers: int = 1, heap_mb: int = 512
+    nodes_per_dc: dict[str, int] | int,
+    brokers: int = 1,
+    heap_mb: int = 512,
+    internode_tls: bool = False,
 ) -> Topology:
     """The topology for a node count per DC (one number for all DCs, or one per DC)."""
     counts = parse_node_counts(nodes_per_dc) if isinstance(nodes_per_dc, int) else nodes_per_dc
@@ -265,7 +279,9 @@ def build_topology(
         )
         dcs.append(DataCenter(region.dc, region.region, min(count, MAX_RF), nodes))
     kafka = tuple(KafkaBroker(node_id=i, address=f"127.0.10.{i}") for i in range(1, brokers + 1))
-    return Topology(datacenters=tuple(dcs), brokers=kafka, heap_mb=heap_mb)
+    return Topology(
+        datacenters=tuple(dcs), brokers=kafka, heap_mb=heap_mb, internode_tls=internode_tls
+    )
 
 
 def profile_topology(
@@ -276,7 +292,9 @@ def profile_topology(
         raise ConfigError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     p = PROFILES[profile]
     counts = parse_node_counts(nodes_per_dc if nodes_per_dc is not None else p.nodes_per_dc)
-    return build_topology(counts, brokers if brokers is not None else p.brokers, p.heap_mb)
+    return build_topology(
+        counts, brokers if brokers is not None else p.brokers, p.heap_mb, p.internode_tls
+    )
 
 
 def current_topology(path: Path | None = None) -> Topology:

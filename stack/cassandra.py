@@ -13,7 +13,9 @@ import logging
 import string
 from pathlib import Path
 
+from retail.credentials import CA_FILE
 from retail.topology import CassandraNode, Topology
+from stack import secrets
 from stack.fetch import Artifacts
 from stack.process import ManagedProcess
 
@@ -42,6 +44,11 @@ def write_config(stack_dir: Path, topology: Topology, node: CassandraNode) -> Pa
         storage_port=node.storage_port,
         cql_port=node.cql_port,
         home=home,
+        server_pem=secrets.server_pem(stack_dir, node.name),
+        ca_pem=secrets.secrets_dir(stack_dir) / CA_FILE,
+        internode_encryption="all" if topology.internode_tls else "none",
+        # Nodes prove who they are to each other too, and their certificate names their address.
+        internode_client_auth="true" if topology.internode_tls else "false",
     )
     (conf / "cassandra.yaml").write_text(yaml)
     (conf / "cassandra-rackdc.properties").write_text(f"dc={node.dc}\nrack={node.rack}\n")
@@ -115,6 +122,9 @@ def node_process(
         # Every node of a new cluster starts at once; waiting for gossip to settle (8 s or
         # more per node) buys nothing when the tokens are fixed in advance.
         "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+        # The default superuser exists at once on a new cluster: the stack replaces it
+        # (stack/cassandra_auth.py) as soon as the nodes are up, not 10 s later.
+        "-Dcassandra.superuser_setup_delay_ms=0",
         "-Dcassandra.libjemalloc=-",
         "-Dcassandra.available_processors=2",
         "-cp",

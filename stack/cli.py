@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,6 +21,7 @@ from stack.errors import ComponentError
 from stack.fetch import fetch_all
 from stack.local import LocalStack, Reporter
 from stack.process import tail_file
+from stack.secrets import COMPOSE_DIR
 from stack.services import service_specs
 from stack.status import StackStatus, collect
 
@@ -158,6 +160,26 @@ def down(
         f"stopped {len(stopped)} processes"
         + (f": {', '.join(stopped)}" if stopped else " (nothing was running)")
     )
+
+
+@app.command()
+def secrets(
+    out: Annotated[
+        Path, typer.Option(help="Directory to write them to (kept out of git).")
+    ] = COMPOSE_DIR / "secrets",
+    topology: Annotated[
+        Path, typer.Option(help="The deployment's topology (addresses are service names).")
+    ] = COMPOSE_DIR / "consumer" / "topology.json",
+) -> None:
+    """Generate a Compose deployment's secrets: every login, a CA and a certificate per
+    Cassandra node and Kafka broker, and the env files of the services that log in (each file
+    0600). What exists is kept, so running it again changes no password. `make compose-secrets`
+    runs it; docker/compose.yaml reads the result."""
+    from retail.topology import Topology
+    from stack.secrets import compose
+
+    compose(out, Topology.from_json(topology.read_text()))
+    console.print(f"secrets in {out} (passwords are in credentials.json there, mode 0600)")
 
 
 @app.command()

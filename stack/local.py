@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from retail import jolokia
+from retail.ops import access
 from retail.settings import Settings, get_settings
 from retail.topology import CassandraNode, KafkaBroker, Topology
 from stack import cassandra, kafka, monitoring, secrets
@@ -298,7 +299,7 @@ class LocalStack:
         fetch_all(self.settings.cache_dir, on_fetch)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.topology_file.write_text(topology.to_json())
-        secrets.ensure(self.dir, topology)
+        creds = secrets.ensure(self.dir, topology)
         if services is not None:
             self.services.configure(services)
         comps = self.components(topology)
@@ -308,6 +309,7 @@ class LocalStack:
             self._prepare(topology, comp)
             comp.process.start()
         self._wait_ready(comps, timeout, reporter)
+        access.secure(topology, creds)
         return topology
 
     @staticmethod

@@ -62,7 +62,11 @@ def wanted_logins(topology: Topology) -> dict[str, list[str]]:
 def ensure(stack_dir: Path, topology: Topology) -> cred.Credentials:
     """Generate what is missing (logins, the CA, server certificates) and keep what exists: a
     restarted stack keeps its passwords, and a DC added later gets its consumer's login."""
-    directory = secrets_dir(stack_dir)
+    return ensure_in(secrets_dir(stack_dir), topology)
+
+
+def ensure_in(directory: Path, topology: Topology) -> cred.Credentials:
+    """:func:`ensure` into ``directory`` itself (a deployment's secrets, e.g. Compose's)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / cred.CREDENTIALS_FILE
     logins: dict[str, dict[str, str]] = json.loads(path.read_text()) if path.exists() else {}
@@ -87,7 +91,11 @@ def ensure(stack_dir: Path, topology: Topology) -> cred.Credentials:
 def server_pem(stack_dir: Path, name: str) -> Path:
     """A server's private key followed by its certificate (PEM), as Cassandra's and Kafka's PEM
     key stores read them."""
-    return secrets_dir(stack_dir) / "servers" / f"{name}.pem"
+    return _server_pem_in(secrets_dir(stack_dir), name)
+
+
+def _server_pem_in(directory: Path, name: str) -> Path:
+    return directory / "servers" / f"{name}.pem"
 
 
 def _servers(topology: Topology) -> list[tuple[str, str]]:
@@ -157,7 +165,7 @@ def _ensure_server_cert(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
 ) -> None:
-    path = server_pem(directory.parent, name)
+    path = _server_pem_in(directory, name)
     if path.exists():
         return
     path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -171,9 +179,7 @@ def _ensure_server_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             # The address clients dial is the name checked: every server listens on its own.
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName(name)]
-            ),
+            x509.SubjectAlternativeName(_alt_names(name, address)),
             critical=False,
         )
         .add_extension(
@@ -191,6 +197,16 @@ def _ensure_server_cert(
     write_private(path, _pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM))
 
 
+def _alt_names(name: str, address: str) -> list[x509.GeneralName]:
+    """The names a client may dial the server by: its address (an IP on the local stack, a
+    service name in Compose) and its node name."""
+    try:
+        dialled: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(address))
+    except ValueError:
+        dialled = x509.DNSName(address)
+    return [dialled] + ([x509.DNSName(name)] if name != address else [])
+
+
 def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
     # PKCS#8, unencrypted: the form both Cassandra's and Kafka's PEM key stores accept.
     return key.private_bytes(
@@ -198,3 +214,55 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+# --- a Compose deployment's secrets ----------------------------------------------------------
+
+COMPOSE_DIR = Path(__file__).resolve().parent.parent / "docker"
+# Where the containers find the CA (mounted read-only from the secrets directory).
+COMPOSE_CA = {"consumer": "/etc/retail/secrets", "airflow": "/opt/airflow/secrets"}
+
+
+def compose(directory: Path, topology: Topology) -> cred.Credentials:
+    """The secrets of the Compose deployment of ``topology`` (addresses are service names) into
+    ``directory``: what :func:`ensure_in` makes, plus an env file per service that needs a
+    login (``env_file:`` in docker/compose.yaml), each 0600, never committed."""
+    creds = ensure_in(directory, topology)
+    consumer = creds.login("cassandra", cred.CASSANDRA_CONSUMER)
+    for dc in topology.datacenters:
+        _env_file(
+            directory / f"consumer-{dc.name}.env",
+            {
+                "RETAIL_CASSANDRA_USERNAME": consumer.username,
+                "RETAIL_CASSANDRA_PASSWORD": consumer.password.get_secret_value(),
+                "RETAIL_SECRETS_DIR": COMPOSE_CA["consumer"],
+                # The driver dials the nodes at container IPs (from system.peers) that no
+                # certificate names; the CA is still checked.
+                "RETAIL_CASSANDRA_TLS_CHECK_HOSTNAME": "false",
+            },
+        )
+    ops = creds.login("cassandra", cred.CASSANDRA_OPS)
+    home = topology.datacenters[0]
+    connection = {
+        "conn_type": "cassandra",
+        "host": ",".join(home.contact_points),
+        "port": home.nodes[0].cql_port,
+        "login": ops.username,
+        "password": ops.password.get_secret_value(),
+        "extra": {
+            "local_dc": home.name,
+            "topology_file": "/opt/airflow/topology.json",
+            "ssl_options": {
+                "ca_certs": f"{COMPOSE_CA['airflow']}/{cred.CA_FILE}",
+                "check_hostname": False,
+            },
+        },
+    }
+    _env_file(directory / "airflow.env", {"AIRFLOW_CONN_RETAIL_CASSANDRA": json.dumps(connection)})
+    return creds
+
+
+def _env_file(path: Path, values: dict[str, str]) -> None:
+    # Compose's env_file format: KEY=VALUE per line, the value taken as is (no quotes needed,
+    # and JSON keeps its own).
+    write_private(path, "".join(f"{k}={v}\n" for k, v in values.items()).encode())

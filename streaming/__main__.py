@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Producer
 
 from retail import logs
 from retail.cassandra import connect, read_level_for
+from retail.credentials import CASSANDRA_CONSUMER
 from retail.errors import RetailError
 from retail.kafka import Topics, ensure_topics, group_name
 from retail.metrics import StatsdMetrics
@@ -80,7 +81,9 @@ def _cassandra(
     topology: Topology, dc: str, consistency: str
 ) -> Callable[[], tuple[Cluster, Session]]:
     def attempt() -> tuple[Cluster, Session]:
-        cluster, session = connect(topology, dc, consistency_level=consistency)
+        cluster, session = connect(
+            topology, dc, consistency_level=consistency, role=CASSANDRA_CONSUMER
+        )
         try:
             _schema_ready(cluster)
         except BaseException:

@@ -7,6 +7,8 @@
 #                                         view DDL is rejected on a node where it is off
 #   CASSANDRA_INITIAL_TOKEN               the node's token (with CASSANDRA_NUM_TOKENS=1), so the
 #                                         ring is laid out as retail/topology.py lays it out
+#
+# and, always, PasswordAuthenticator, CassandraAuthorizer and client TLS (secure() below).
 set -euo pipefail
 
 conf="${CASSANDRA_CONF:-/etc/cassandra}/cassandra.yaml"
@@ -23,9 +25,52 @@ set_key() {
     rm -f "$tmp"
 }
 
+# drop_block KEY: drop a top-level `KEY:` mapping and its indented lines, so that it can be
+# appended whole (set_key handles one-line keys only).
+drop_block() {
+    local tmp
+    tmp="$(mktemp)"
+    awk -v key="$1:" '
+        index($0, key) == 1 { skip = 1; next }
+        skip && /^[^ #]/ { skip = 0 }
+        !skip { print }
+    ' "$conf" > "$tmp"
+    cat "$tmp" > "$conf"
+    rm -f "$tmp"
+}
+
+# Secure by default, as the local stack (stack/templates/cassandra.yaml): logins and grants, and
+# clients over TLS with the node's key and certificate from `make compose-secrets`, mounted
+# read-only under /run/retail-tls. The key is copied for the cassandra user, readable by it only
+# (the mounted file keeps its owner on the host).
+secure() {
+    set_key authenticator PasswordAuthenticator
+    set_key authorizer CassandraAuthorizer
+    set_key role_manager CassandraRoleManager
+    if [ ! -f /run/retail-tls/server.pem ]; then
+        echo "no /run/retail-tls/server.pem: run \`make compose-secrets\` first" >&2
+        exit 1
+    fi
+    install -d -o cassandra -g cassandra -m 0700 /etc/cassandra/tls
+    install -o cassandra -g cassandra -m 0600 /run/retail-tls/server.pem /etc/cassandra/tls/server.pem
+    install -o cassandra -g cassandra -m 0644 /run/retail-tls/ca.pem /etc/cassandra/tls/ca.pem
+    drop_block client_encryption_options
+    cat >> "$conf" <<'YAML'
+client_encryption_options:
+  enabled: true
+  optional: false
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: /etc/cassandra/tls/server.pem
+  truststore: /etc/cassandra/tls/ca.pem
+  require_client_auth: false
+YAML
+}
+
 # Only when starting the server (no arguments, flags only, or `cassandra ...`), not for
 # `docker compose run cassandra-eu-west-1 cqlsh ...` and the like.
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ] || [ "$1" = cassandra ]; then
+    secure
     set_key materialized_views_enabled "${CASSANDRA_MATERIALIZED_VIEWS_ENABLED:-true}"
     if [ -n "${CASSANDRA_INITIAL_TOKEN:-}" ]; then
         set_key initial_token "\"${CASSANDRA_INITIAL_TOKEN}\""

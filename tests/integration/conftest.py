@@ -104,10 +104,11 @@ def airflow(topology: Topology) -> None:
     applied: what every dag.test() run needs."""
     from retail import migrations
     from retail.cassandra import connect
+    from retail.credentials import CASSANDRA_OPS
     from tests.integration.airflow import prepare_airflow
 
     prepare_airflow(topology)
-    cluster, session = connect(topology, topology.datacenters[0].name)
+    cluster, session = connect(topology, topology.datacenters[0].name, role=CASSANDRA_OPS)
     try:
         migrations.migrate(cluster, session, topology)
     finally:
@@ -145,8 +146,9 @@ def schema(topology: Topology) -> Iterator[object]:
     """A session on the first DC, the schema migrated."""
     from retail import migrations
     from retail.cassandra import connect
+    from retail.credentials import CASSANDRA_OPS
 
-    cluster, session = connect(topology, topology.datacenters[0].name)
+    cluster, session = connect(topology, topology.datacenters[0].name, role=CASSANDRA_OPS)
     migrations.migrate(cluster, session, topology)
     yield session
     cluster.shutdown()

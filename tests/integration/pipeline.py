@@ -16,6 +16,7 @@ from cassandra.cluster import NoHostAvailable, Session
 from confluent_kafka import Consumer
 
 from retail.cassandra import connect
+from retail.credentials import CASSANDRA_OPS
 from retail.events import Event, InventoryMovement, Order
 from retail.generator import StreamGenerator
 from retail.kafka import Topics, ensure_topics, group_lag, group_name, region_lag
@@ -142,7 +143,9 @@ class PipelineRun:
 
     def order_ids_in(self, dc: str) -> list[str]:
         """Every order id as the replicas of one DC have it (pinned there, LOCAL_ONE)."""
-        cluster, session = connect(self.topology, dc, consistency_level="LOCAL_ONE", pin_to_dc=True)
+        cluster, session = connect(
+            self.topology, dc, consistency_level="LOCAL_ONE", pin_to_dc=True, role=CASSANDRA_OPS
+        )
         try:
             return [r.order_id for r in session.execute("SELECT order_id FROM retail.orders")]
         finally:

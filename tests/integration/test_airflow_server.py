@@ -14,6 +14,7 @@ import pytest
 
 from retail import migrations
 from retail.cassandra import connect
+from retail.credentials import CASSANDRA_OPS
 from stack.airflow import (
     USER,
     AirflowServers,
@@ -31,7 +32,7 @@ from tests.integration.airflow_ui import airflow_ui
 def servers(local_stack: LocalStack) -> Iterator[AirflowServers]:
     """Airflow's servers, started once for the module (a start costs CI about a minute)."""
     topology = local_stack.topology()
-    cluster, session = connect(topology, topology.datacenters[0].name)
+    cluster, session = connect(topology, topology.datacenters[0].name, role=CASSANDRA_OPS)
     migrations.migrate(cluster, session, topology)  # the dry runs below then find nothing pending
     cluster.shutdown()
     servers = AirflowServers(topology, local_stack.dir)

@@ -7,6 +7,7 @@ import uuid
 from cassandra.query import SimpleStatement
 
 from retail.cassandra import connect, consistency, wait_for_schema_agreement
+from retail.credentials import CASSANDRA_OPS
 from retail.topology import Topology
 
 KEYSPACE = "it_replication"
@@ -16,7 +17,7 @@ def test_a_local_quorum_write_in_one_dc_reads_back_at_local_one_in_every_other(
     topology: Topology,
 ) -> None:
     home = topology.datacenters[0]
-    cluster, session = connect(topology, home.name)
+    cluster, session = connect(topology, home.name, role=CASSANDRA_OPS)
     try:
         session.execute(
             f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} "
@@ -46,7 +47,9 @@ def test_a_local_quorum_write_in_one_dc_reads_back_at_local_one_in_every_other(
 
     for dc in topology.datacenters[1:]:
         # Pinned to the DC's own nodes at LOCAL_ONE: the answer comes from that DC's replica.
-        remote, rsession = connect(topology, dc.name, consistency_level="LOCAL_ONE", pin_to_dc=True)
+        remote, rsession = connect(
+            topology, dc.name, consistency_level="LOCAL_ONE", pin_to_dc=True, role=CASSANDRA_OPS
+        )
         try:
             rows = rsession.execute(f"SELECT v FROM {KEYSPACE}.kv WHERE k = %s", [key])
             got = rows.one()

@@ -16,6 +16,7 @@ from cassandra.cluster import Cluster, Session
 from retail import migrations
 from retail.cassandra import connect, wait_for_schema_agreement
 from retail.catalog import catalog
+from retail.credentials import CASSANDRA_OPS
 from retail.events import Event, InventoryMovement, Order
 from retail.generator import StreamGenerator
 from retail.metrics import MemoryMetrics
@@ -39,7 +40,9 @@ def _truncate(session: Session) -> None:
 @pytest.fixture(scope="module")
 def db(topology: Topology, airflow: None) -> Iterator[tuple[Cluster, Session]]:
     # ALL: the test's own writes and checks see every replica, so nothing waits on replication.
-    cluster, session = connect(topology, topology.datacenters[0].name, consistency_level="ALL")
+    cluster, session = connect(
+        topology, topology.datacenters[0].name, consistency_level="ALL", role=CASSANDRA_OPS
+    )
     migrations.migrate(cluster, session, topology)
     _truncate(session)
     yield cluster, session

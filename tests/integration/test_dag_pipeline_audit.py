@@ -14,6 +14,7 @@ from cassandra.query import SimpleStatement
 from confluent_kafka import Producer
 
 from retail.cassandra import connect
+from retail.credentials import CASSANDRA_OPS
 from retail.events import Order, encode
 from retail.generator import StreamGenerator
 from retail.kafka import REGION_HEADER
@@ -31,7 +32,7 @@ def consumed(
     topology: Topology, airflow: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple]:
     """N events and one invalid order through the three regional consumers, all committed."""
-    cluster, session = connect(topology, topology.datacenters[0].name)
+    cluster, session = connect(topology, topology.datacenters[0].name, role=CASSANDRA_OPS)
     run = PipelineRun(topology, session, tmp_path_factory.mktemp("audit"))
     # Order ids repeat across generator streams: start from empty tables (inside the lock).
     run.truncate()

@@ -18,6 +18,7 @@ from cassandra.cluster import Session
 
 from retail.cassandra import connect, wait_for_schema_agreement
 from retail.connections import CASSANDRA_CONN_ID, environment
+from retail.credentials import CASSANDRA_OPS
 from retail.jolokia import STORAGE_SERVICE, Jolokia
 from retail.ops import repair, repair_lease, replication
 from retail.topology import CassandraNode, Topology
@@ -35,7 +36,9 @@ SKU = "sku-repair-check"
 
 @pytest.fixture
 def admin(topology: Topology) -> Iterator[Session]:
-    cluster, session = connect(topology, topology.datacenters[0].name, consistency_level="ALL")
+    cluster, session = connect(
+        topology, topology.datacenters[0].name, consistency_level="ALL", role=CASSANDRA_OPS
+    )
     yield session
     cluster.shutdown()
 
@@ -334,7 +337,9 @@ def test_a_stale_replica_reads_complete_on_its_own_after_the_repair(
         for node in others:
             repair.set_hinted_handoff(jolokia, node, False)
         local_stack.kill(stale.name)
-        cluster, writer = connect(topology, writer_dc, consistency_level="LOCAL_QUORUM")
+        cluster, writer = connect(
+            topology, writer_dc, consistency_level="LOCAL_QUORUM", role=CASSANDRA_OPS
+        )
         insert = writer.prepare(
             "INSERT INTO retail.stock_by_store (store_id, sku, quantity, as_of) "
             "VALUES (?, ?, ?, toTimestamp(now()))"
@@ -347,7 +352,9 @@ def test_a_stale_replica_reads_complete_on_its_own_after_the_repair(
 
         # LOCAL_ONE pinned to the stale node's DC: it is the only replica there, so the read
         # touches no other replica and no read repair can happen.
-        cluster, pinned = connect(topology, stale.dc, consistency_level="LOCAL_ONE", pin_to_dc=True)
+        cluster, pinned = connect(
+            topology, stale.dc, consistency_level="LOCAL_ONE", pin_to_dc=True, role=CASSANDRA_OPS
+        )
         try:
             assert _present(pinned) == set(), "the replica was not made stale"
             started = datetime.now(UTC)

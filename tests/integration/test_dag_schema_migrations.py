@@ -17,6 +17,7 @@ from cassandra.cluster import Session
 from retail import migrations
 from retail.cassandra import connect
 from retail.connections import airflow_environment
+from retail.credentials import CASSANDRA_OPS
 from retail.topology import Topology
 from tests.integration.airflow import run_dag, task_states, xcom
 
@@ -31,7 +32,9 @@ def cql(airflow: None, topology: Topology, tmp_path: Path) -> Iterator[tuple[Any
     is removed after."""
     directory = tmp_path / "cql"
     shutil.copytree(migrations.MIGRATIONS_DIR, directory)
-    cluster, session = connect(topology, topology.datacenters[0].name, consistency_level="QUORUM")
+    cluster, session = connect(
+        topology, topology.datacenters[0].name, consistency_level="QUORUM", role=CASSANDRA_OPS
+    )
     try:
         yield cluster, session, directory
     finally:

@@ -16,6 +16,7 @@ import pytest
 
 from retail import migrations
 from retail.cassandra import connect
+from retail.credentials import CASSANDRA_OPS
 from retail.dashboards import panel_queries
 from retail.generator import StreamGenerator
 from retail.kafka import Topics, ensure_topics
@@ -51,7 +52,7 @@ def run_operations(local_stack: LocalStack, topology: Topology, prefix: str) -> 
 
 @pytest.fixture
 def running_pipeline(topology: Topology, tmp_path: Path) -> Iterator[PipelineRun]:
-    cluster, session = connect(topology, topology.datacenters[0].name)
+    cluster, session = connect(topology, topology.datacenters[0].name, role=CASSANDRA_OPS)
     migrations.migrate(cluster, session, topology)
     run = PipelineRun(topology, session, tmp_path)
     run.start_all()

@@ -29,6 +29,7 @@ from retail_airflow.hooks import (
 
 TOPOLOGY = profile_topology("test")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+NO_SECRETS = Path("/nonexistent/retail-secrets")
 
 
 def conn(conn_id: str, **fields: Any) -> Connection:
@@ -36,7 +37,8 @@ def conn(conn_id: str, **fields: Any) -> Connection:
 
 
 def cassandra(extra: dict[str, Any] | None = None, **fields: Any) -> Connection:
-    base = connections(TOPOLOGY, Settings())[CASSANDRA_CONN_ID]
+    # The connection as generated for a platform without secrets: no login, no TLS.
+    base = connections(TOPOLOGY, Settings(secrets_dir=NO_SECRETS))[CASSANDRA_CONN_ID]
     return conn(
         CASSANDRA_CONN_ID, **{**base, **fields, "extra": {**base["extra"], **(extra or {})}}
     )
@@ -197,7 +199,8 @@ def test_the_hooks_read_their_connections_whole(monkeypatch: pytest.MonkeyPatch)
     assert hook.config == kafka_conn["extra"]
     assert hook.bootstrap_servers == "k:9093"
 
-    base = connections(TOPOLOGY, Settings())[CASSANDRA_CONN_ID]
+    # The connection as generated for a platform without secrets: no login, no TLS.
+    base = connections(TOPOLOGY, Settings(secrets_dir=NO_SECRETS))[CASSANDRA_CONN_ID]
     cassandra_conn = {
         **base,
         "login": "ops",

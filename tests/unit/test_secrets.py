@@ -9,11 +9,21 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from pydantic import SecretStr
 
-from retail.credentials import CASSANDRA_CONSUMER, Credentials, kafka_consumer
+from retail.cassandra import ClientOptions
+from retail.credentials import (
+    CASSANDRA_ANALYST,
+    CASSANDRA_CONSUMER,
+    CASSANDRA_OPS,
+    Credentials,
+    kafka_consumer,
+)
 from retail.errors import ConfigError
-from retail.topology import profile_topology
+from retail.settings import Settings
+from retail.topology import Topology, profile_topology
 from stack import secrets
+from stack.secrets import COMPOSE_DIR
 
 
 def _mode(path: Path) -> int:
@@ -75,3 +85,43 @@ def test_a_missing_login_or_file_says_where_it_looked(tmp_path: Path) -> None:
     creds = secrets.ensure(tmp_path, profile_topology("test"))
     with pytest.raises(ConfigError, match="cassandra/retail_admin"):
         creds.login("cassandra", "nobody")
+
+
+def test_compose_secrets_give_each_service_its_login_and_name_the_services(
+    tmp_path: Path,
+) -> None:
+    topo = Topology.from_json((COMPOSE_DIR / "consumer" / "topology.json").read_text())
+    creds = secrets.compose(tmp_path, topo)
+    env = dict(
+        line.split("=", 1) for line in (tmp_path / "consumer-us-east.env").read_text().splitlines()
+    )
+    consumer = creds.login("cassandra", CASSANDRA_CONSUMER)
+    assert env["RETAIL_CASSANDRA_USERNAME"] == consumer.username
+    assert env["RETAIL_CASSANDRA_PASSWORD"] == consumer.password.get_secret_value()
+    assert _mode(tmp_path / "consumer-us-east.env") == 0o600
+    airflow = (tmp_path / "airflow.env").read_text().strip()
+    name, value = airflow.split("=", 1)
+    conn = json.loads(value)
+    assert (name, conn["login"]) == ("AIRFLOW_CONN_RETAIL_CASSANDRA", CASSANDRA_OPS)
+    assert conn["password"] == creds.login("cassandra", CASSANDRA_OPS).password.get_secret_value()
+    cert = x509.load_pem_x509_certificate((tmp_path / "servers" / "eu-west-2.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "cassandra-eu-west-2" in san.get_values_for_type(x509.DNSName)
+
+
+def test_a_client_logs_in_as_its_role_unless_the_settings_name_a_login(tmp_path: Path) -> None:
+    secrets.ensure(tmp_path, profile_topology("test"))
+    settings = Settings(state_dir=tmp_path.parent, secrets_dir=secrets.secrets_dir(tmp_path))
+    options = ClientOptions.for_role(CASSANDRA_ANALYST, settings)
+    assert options.username == CASSANDRA_ANALYST
+    assert options.tls is not None and options.tls.check_hostname
+    assert options.tls.ca_certs == str(secrets.secrets_dir(tmp_path) / "ca.pem")
+    deployment = Settings(
+        secrets_dir=secrets.secrets_dir(tmp_path),
+        cassandra_username="reports",
+        cassandra_password=SecretStr("from-the-vault"),
+        cassandra_tls_check_hostname=False,
+    )
+    options = ClientOptions.for_role(CASSANDRA_ANALYST, deployment)
+    assert options.username == "reports"
+    assert options.tls is not None and not options.tls.check_hostname

@@ -1,0 +1,163 @@
+"""Cassandra's logins as K8ssandra sets them up: never the default superuser.
+
+A new cluster starts with PasswordAuthenticator and CassandraAuthorizer on, and one role,
+``cassandra``/``cassandra``, that Cassandra creates itself. On the first ``up`` this module, as
+that role: replicates ``system_auth`` (and ``system_distributed``) per the topology, so that
+every DC holds the logins and a login does not depend on one node of another DC; creates the
+``retail_admin`` superuser with the generated password; then, as ``retail_admin``, takes the
+superuser status and the login away from ``cassandra`` and creates the platform's roles
+(:mod:`retail.roles`). Every later ``up`` logs in as ``retail_admin`` and only makes sure the
+roles and their passwords match the credentials file.
+
+The local stack runs it after every ``up``; a deployment runs ``retail roles`` once its nodes
+are up (the Compose file's ``cassandra-roles`` job), with the logins in ``RETAIL_SECRETS_DIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from cassandra import AuthenticationFailed
+from cassandra.cluster import NoHostAvailable, Session
+from pydantic import SecretStr
+
+from retail import credentials as cred
+from retail.cassandra import ClientOptions, TlsOptions, connect, wait_for_schema_agreement
+from retail.errors import RetailError
+from retail.migrations import OPS_KEYSPACE
+from retail.ops.replication import SYSTEM_KEYSPACES
+from retail.roles import KEYSPACE_GRANTS, ROLE_GRANTS
+from retail.rows import KEYSPACE
+from retail.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+class AccessError(RetailError):
+    """The cluster's logins cannot be set up as the credentials say; the message says why."""
+
+
+OWNED_BY_OPS = (KEYSPACE, OPS_KEYSPACE)
+_KEYSPACES = "SELECT keyspace_name FROM system_schema.keyspaces"
+
+DEFAULT_ROLE = "cassandra"
+# Cassandra creates the default role superuser_setup_delay_ms after start-up (the nodes get
+# -Dcassandra.superuser_setup_delay_ms=0); a login can still race it by a few seconds.
+DEFAULT_ROLE_WAIT = 60.0
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether a connection failed because the login was refused (and not for another reason)."""
+    if isinstance(exc, AuthenticationFailed):
+        return True
+    errors = getattr(exc, "errors", {}) or {}
+    return bool(errors) and all(isinstance(e, AuthenticationFailed) for e in errors.values())
+
+
+@contextlib.contextmanager
+def _quiet_driver() -> Iterator[None]:
+    """Mute the driver's warning for each refused connection while a refusal is an expected
+    answer (is this a new cluster?), so that the log shows only what the stack concluded."""
+    driver = logging.getLogger("cassandra")
+    level = driver.level
+    driver.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        driver.setLevel(level)
+
+
+def _options(creds: cred.Credentials, username: str, password: str | None = None) -> ClientOptions:
+    secret = SecretStr(password) if password else creds.login("cassandra", username).password
+    return ClientOptions(username, secret, TlsOptions(ca_certs=str(creds.ca_file)))
+
+
+def secure(
+    topology: Topology,
+    creds: cred.Credentials,
+    report: Callable[[str], None] = log.info,
+) -> None:
+    """Make sure the cluster's logins are the platform's (see the module doc); idempotent."""
+    admin = _options(creds, cred.CASSANDRA_ADMIN)
+    home = topology.datacenters[0].name
+    try:
+        with _quiet_driver():
+            cluster, session = connect(topology, home, consistency_level="QUORUM", options=admin)
+    except NoHostAvailable as exc:
+        if not _refused(exc):
+            raise
+        report("Cassandra: first start, replacing the default superuser")
+        _first_setup(topology, creds)
+        cluster, session = connect(topology, home, consistency_level="QUORUM", options=admin)
+    try:
+        session.execute(f"ALTER ROLE {DEFAULT_ROLE} WITH SUPERUSER = false AND LOGIN = false")
+        _ensure_roles(session, creds)
+    finally:
+        cluster.shutdown()
+
+
+def _first_setup(topology: Topology, creds: cred.Credentials) -> None:
+    deadline = time.monotonic() + DEFAULT_ROLE_WAIT
+    while True:
+        try:
+            with _quiet_driver():
+                cluster, session = connect(
+                    topology,
+                    topology.datacenters[0].name,
+                    consistency_level="QUORUM",
+                    options=_options(creds, DEFAULT_ROLE, DEFAULT_ROLE),
+                )
+            break
+        except NoHostAvailable as exc:
+            if not _refused(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise AccessError(
+                    "Cassandra refuses both the stack's admin role and the default superuser: "
+                    f"the logins in {creds.directory} do not belong to this cluster's data. "
+                    "On the local stack, start a new one: `retail stack up --fresh` (its data is "
+                    "lost); in a deployment, point RETAIL_SECRETS_DIR at the logins it was made "
+                    "with."
+                ) from exc
+            time.sleep(2.0)
+    try:
+        # Every DC holds the logins before anything depends on them: with the default
+        # SimpleStrategy RF 1, a login in one DC could need a node of another.
+        for keyspace in SYSTEM_KEYSPACES:
+            session.execute(
+                f"ALTER KEYSPACE {keyspace} WITH replication = {topology.replication_cql()}"
+            )
+        wait_for_schema_agreement(cluster, "replicating system_auth")
+        admin = creds.login("cassandra", cred.CASSANDRA_ADMIN)
+        session.execute(
+            f"CREATE ROLE IF NOT EXISTS {admin.username} "
+            "WITH SUPERUSER = true AND LOGIN = true AND PASSWORD = %s",
+            [admin.password.get_secret_value()],
+        )
+    finally:
+        cluster.shutdown()
+
+
+def _ensure_roles(session: Session, creds: cred.Credentials) -> None:
+    for role in cred.CASSANDRA_ROLES:
+        password = creds.login("cassandra", role).password.get_secret_value()
+        if role == cred.CASSANDRA_ADMIN:
+            continue
+        session.execute(
+            f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s", [password]
+        )
+        # The credentials file is the truth: a role made by an earlier stack gets its password.
+        session.execute(f"ALTER ROLE {role} WITH PASSWORD = %s", [password])
+    for grant in ROLE_GRANTS:
+        session.execute(grant.cql)
+    # Keyspaces made before the operations role existed (a stack from before logins) have no
+    # owner: hand them to it, as if it had created them.
+    existing = {r.keyspace_name for r in session.execute(_KEYSPACES)}
+    for keyspace in sorted(existing & set(OWNED_BY_OPS)):
+        session.execute(f"GRANT ALL PERMISSIONS ON KEYSPACE {keyspace} TO {cred.CASSANDRA_OPS}")
+    if KEYSPACE in existing:
+        for grant in KEYSPACE_GRANTS:
+            session.execute(grant.cql)
