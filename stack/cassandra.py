@@ -125,6 +125,9 @@ def node_process(
         # The default superuser exists at once on a new cluster: the stack replaces it
         # (stack/cassandra_auth.py) as soon as the nodes are up, not 10 s later.
         "-Dcassandra.superuser_setup_delay_ms=0",
+        # system_auth starts on every node (SimpleStrategy, RF = the node count), so that
+        # replicating it per DC (retail/ops/access.py) moves no login away from a node.
+        f"-Dcassandra.system_auth.default_rf={len(topology.nodes)}",
         "-Dcassandra.libjemalloc=-",
         "-Dcassandra.available_processors=2",
         "-cp",

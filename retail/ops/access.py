@@ -28,7 +28,7 @@ from retail import credentials as cred
 from retail.cassandra import ClientOptions, TlsOptions, connect, wait_for_schema_agreement
 from retail.errors import RetailError
 from retail.migrations import OPS_KEYSPACE
-from retail.ops.replication import SYSTEM_KEYSPACES
+from retail.ops.replication import SYSTEM_KEYSPACES, live_replication, normalize
 from retail.roles import KEYSPACE_GRANTS, ROLE_GRANTS
 from retail.rows import KEYSPACE
 from retail.topology import Topology
@@ -40,6 +40,7 @@ class AccessError(RetailError):
     """The cluster's logins cannot be set up as the credentials say; the message says why."""
 
 
+AUTH_KEYSPACE = "system_auth"
 OWNED_BY_OPS = (KEYSPACE, OPS_KEYSPACE)
 _KEYSPACES = "SELECT keyspace_name FROM system_schema.keyspaces"
 
@@ -124,6 +125,7 @@ def _first_setup(topology: Topology, creds: cred.Credentials) -> None:
                 ) from exc
             time.sleep(2.0)
     try:
+        _check_logins_everywhere(session, topology)
         # Every DC holds the logins before anything depends on them: with the default
         # SimpleStrategy RF 1, a login in one DC could need a node of another.
         for keyspace in SYSTEM_KEYSPACES:
@@ -139,6 +141,36 @@ def _first_setup(topology: Topology, creds: cred.Credentials) -> None:
         )
     finally:
         cluster.shutdown()
+
+
+def logins_stay_put(live: dict[str, str], topology: Topology) -> bool:
+    """Whether replicating ``system_auth`` (now ``live``, normalized) per ``topology`` leaves
+    every login where a replica will look for it: it is so replicated already, or every node
+    holds a copy (SimpleStrategy with a factor of at least the node count)."""
+    if live == normalize(topology.replication()):
+        return True
+    return live.get("class") == "SimpleStrategy" and int(
+        live.get("replication_factor", "1")
+    ) >= len(topology.nodes)
+
+
+def _check_logins_everywhere(session: Session, topology: Topology) -> None:
+    """Refuse to change ``system_auth``'s replication while a replica it would move to may lack
+    the logins: the new replicas would answer "no such role" (even for ``cassandra``'s own
+    permission checks) until a repair. The local stack starts its nodes with
+    ``-Dcassandra.system_auth.default_rf`` = its node count, so that every node holds every
+    login from the first write and the change moves nothing."""
+    live = live_replication(session, AUTH_KEYSPACE) or {}
+    if logins_stay_put(live, topology):
+        return
+    raise AccessError(
+        f"system_auth is replicated {live} on a cluster of {len(topology.nodes)} nodes: "
+        "changing it to the topology's replication would leave logins missing on their new "
+        "replicas. Start the nodes of a new cluster with "
+        f"-Dcassandra.system_auth.default_rf={len(topology.nodes)}, or replicate system_auth "
+        "per the topology and run `nodetool repair system_auth` on every node; then run "
+        "`retail roles` again."
+    )
 
 
 def _ensure_roles(session: Session, creds: cred.Credentials) -> None:
