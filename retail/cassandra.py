@@ -15,6 +15,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, S
 from cassandra.concurrent import execute_concurrent
 from cassandra.policies import (
     DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
     TokenAwarePolicy,
     WhiteListRoundRobinPolicy,
 )
@@ -27,6 +28,8 @@ from retail.topology import Topology
 
 log = logging.getLogger(__name__)
 
+RECONNECT_MAX_DELAY = 10.0
+
 # Cluster() arguments the platform sets itself in connect(): where to connect (the topology),
 # how to route (token- and DC-aware), credentials and TLS (ClientOptions' own fields).
 PLATFORM_CLUSTER_ARGS = frozenset(
@@ -35,6 +38,7 @@ PLATFORM_CLUSTER_ARGS = frozenset(
         "port",
         "execution_profiles",
         "load_balancing_policy",
+        "reconnection_policy",
         "auth_provider",
         "ssl_context",
         "ssl_options",
@@ -291,6 +295,13 @@ def cluster_for(
         contact_points=dc.contact_points,
         port=dc.nodes[0].cql_port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        # The driver's default backs off to 10 minutes between tries to reach a node that was
+        # down, and gives up after 64 tries: a consumer whose DC came back would wait that long
+        # to write again, or forever. A few nodes tried every 10 s at most, for as long as
+        # they are down, cost nothing.
+        reconnection_policy=ExponentialReconnectionPolicy(
+            1.0, RECONNECT_MAX_DELAY, max_attempts=None
+        ),
         auth_provider=options.auth_provider(),
         ssl_context=options.tls.context() if options.tls else None,
     )

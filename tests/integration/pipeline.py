@@ -134,6 +134,19 @@ class PipelineRun:
         for table in TABLES:
             self.session.execute(f"TRUNCATE retail.{table}", timeout=60)
 
+    def wait_session_up(self, timeout: float = 60.0) -> None:
+        """Wait until this run's session reaches its DC again after a test restarted the DC's
+        nodes (the driver reconnects on its own schedule: at most 10 s apart)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.session.execute("SELECT key FROM system.local")
+                return
+            except NoHostAvailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
     def snapshot(self) -> dict[str, set[str]]:
         """Every row of every table (as text: the order lines are lists, not hashable)."""
         return {

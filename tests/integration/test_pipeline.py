@@ -138,6 +138,7 @@ def test_local_dc_down_pauses_without_commit_and_every_event_lands_after(
     assert run.stop_consumers() == {region: 0}
     got = sorted(run.order_ids_in(region))
     assert got == sorted(o.order_id for o in eu_orders)
+    run.wait_session_up()
     inv = run.session.execute("SELECT count(*) FROM retail.inventory_by_store_day").one().count
     assert inv == len(eu_moves)
     # It read only its own region's topics: the other regions' events are still waiting.
