@@ -91,11 +91,15 @@ def local_stack() -> Iterator[LocalStack]:
     offsets = {
         path: path.stat().st_size if path.exists() else 0 for path in _server_logs(stack, wanted)
     }
-    stack.up(wanted, timeout=300 if reuse else 600)
-    yield stack
-    _check_server_logs(offsets)
-    if not reuse:
-        stack.down()
+    try:
+        stack.up(wanted, timeout=300 if reuse else 600)
+        yield stack
+        _check_server_logs(offsets)
+    finally:
+        # Whatever failed (the start-up itself, or the logs' check), a stack this session
+        # started does not outlive it: the next session, or another clone's, needs the ports.
+        if not reuse:
+            stack.down()
 
 
 @pytest.fixture(scope="session")
