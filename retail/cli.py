@@ -86,8 +86,8 @@ def airflow_env() -> None:
     import shlex
 
     from retail.connections import airflow_environment, masked
+    from retail.credentials import write_private
     from retail.topology import current_topology
-    from stack.secrets import write_private
 
     private: list[str] = []
     for key, value in airflow_environment(current_topology()).items():

@@ -13,7 +13,6 @@ import datetime
 import ipaddress
 import json
 import logging
-import os
 import secrets
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from retail import credentials as cred
+from retail.credentials import write_private as write_private  # defined there: retail/ needs it
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,6 @@ CERT_DAYS = 730
 
 def secrets_dir(stack_dir: Path) -> Path:
     return stack_dir / "secrets"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file only its owner can read, replacing ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
 
 
 def wanted_logins(topology: Topology) -> dict[str, list[str]]:
