@@ -97,7 +97,10 @@ def test_with_the_login_the_reads_and_operations_the_platform_uses_work(
     assert view.up == {n.address for n in topology.nodes}
     with Jolokia(login=login) as client:
         for node in topology.nodes:
-            assert client.exec(node, STORAGE_SERVICE, "getRangeToEndpointWithPortMap", "retail")
+            ranges = client.exec(
+                node, STORAGE_SERVICE, "getRangeToEndpointWithPortMap", "system_auth"
+            )
+            assert ranges
             sessions = client.exec(
                 node, "org.apache.cassandra.db:type=RepairService", "parentRepairSessionsCount"
             )
