@@ -87,18 +87,42 @@ def roles() -> None:
     console.print("Cassandra roles: retail_admin, retail_ops, retail_consumer, retail_analyst")
 
 
+AIRFLOW_ENV_FILE = "airflow-connections.env"
+
+
 @app.command("airflow-env")
 def airflow_env() -> None:
     """Print the environment a local Airflow needs for the running stack (AIRFLOW_HOME, the
     repo's dags/ and plugins/, StatsD metrics, and the retail_cassandra, retail_kafka and
-    retail_statsd connections), as shell exports: eval "$(retail airflow-env)"."""
+    retail_statsd connections), as shell exports: eval "$(retail airflow-env)".
+
+    Passwords are never printed: a connection that holds one is shown masked, in a comment, and
+    its export goes to a file only you can read (in the secrets directory), which the output
+    sources."""
+    import json
     import shlex
 
-    from retail.connections import airflow_environment
+    from retail.connections import airflow_environment, masked
+    from retail.credentials import write_private
     from retail.topology import current_topology
 
+    private: list[str] = []
     for key, value in airflow_environment(current_topology()).items():
+        if key.startswith("AIRFLOW_CONN_"):
+            conn = json.loads(value)
+            shown = masked(conn)
+            if shown != conn:
+                print(f"# {key}={json.dumps(shown)}  (passwords masked)")
+                private.append(f"export {key}={shlex.quote(value)}\n")
+                continue
         print(f"export {key}={shlex.quote(value)}")
+    if private:
+        directory = get_settings().secrets_path
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / AIRFLOW_ENV_FILE
+        write_private(path, "".join(private).encode())
+        print(f"# the connections with their passwords, readable by you only: {path}")
+        print(f". {shlex.quote(str(path))}")
 
 
 @app.command()

@@ -6,7 +6,9 @@ running stack) and in a deployment from Airflow's connection store or a secrets 
 
 - ``retail_cassandra``: contact points and port, credentials, and in ``extra`` the local DC the
   DAGs coordinate from and the cluster's topology (DCs, nodes, their JMX/Jolokia endpoints): the
-  desired state that replication and ring checks compare the live cluster against. The extra
+  desired state that replication and ring checks compare the live cluster against, and
+  ``jolokia``: ``{"login": ..., "password": ...}``, the nodes' Jolokia agents' login (Airflow
+  masks a value under a ``password`` key wherever it prints the extra). The extra
   may also carry ``ssl_options`` (TLS) and any plain-valued option of the driver's ``Cluster()``
   (``protocol_version``, ``connect_timeout``, ...): the hook hands them all on.
 - ``retail_kafka``: ``extra`` is the librdkafka config (``bootstrap.servers`` and any client
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from retail.cassandra import ClientOptions
-from retail.credentials import CASSANDRA_OPS
+from retail.credentials import CASSANDRA_OPS, JOLOKIA_USER, stack_credentials
 from retail.errors import ConfigError
 from retail.settings import Settings, get_settings
 from retail.topology import Topology
@@ -33,6 +35,18 @@ log = logging.getLogger(__name__)
 CASSANDRA_CONN_ID = "retail_cassandra"
 KAFKA_CONN_ID = "retail_kafka"
 STATSD_CONN_ID = "retail_statsd"
+# The key of the retail_cassandra extra that holds the Jolokia agents' login.
+JOLOKIA_EXTRA = "jolokia"
+
+
+def jolokia_extra(settings: Settings) -> dict[str, str] | None:
+    """The Jolokia login for a connection's extra, from the platform's credentials; None when
+    there are none yet (before the first `retail stack up`)."""
+    try:
+        login = stack_credentials(settings).login("jolokia", JOLOKIA_USER)
+    except ConfigError:
+        return None
+    return {"login": login.username, "password": login.password.get_secret_value()}
 
 
 def connections(topology: Topology, settings: Settings | None = None) -> dict[str, dict[str, Any]]:
@@ -45,6 +59,9 @@ def connections(topology: Topology, settings: Settings | None = None) -> dict[st
         "port": home.nodes[0].cql_port,
         "extra": {"local_dc": home.name, "topology": json.loads(topology.to_json())},
     }
+    jolokia = jolokia_extra(settings)
+    if jolokia:
+        cassandra["extra"][JOLOKIA_EXTRA] = jolokia
     # The DAGs log in as the operations role, over TLS to the platform's CA. Before the
     # platform's credentials exist (no stack yet), the connection carries no login: enough for
     # the DAG integrity tests, and a DAG run then fails with Cassandra's refusal.
@@ -70,6 +87,26 @@ def connections(topology: Topology, settings: Settings | None = None) -> dict[st
             "port": topology.statsd.port,
         },
     }
+
+
+MASK = "***"
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a connection field or extra key holds a secret (``password``,
+    ``sasl.password``, ``ssl.key.password``, ``secret``...): what is masked when shown."""
+    key = key.lower()
+    return "password" in key or "secret" in key
+
+
+def masked(value: Any) -> Any:
+    """``value`` (a connection, its extra, or any JSON value) with every secret replaced by
+    ``***``, at any depth: what may be printed or logged."""
+    if isinstance(value, dict):
+        return {k: MASK if is_secret_key(str(k)) else masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
 
 
 def environment(topology: Topology, settings: Settings | None = None) -> dict[str, str]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,17 @@ KAFKA_OPS = "ops"
 def kafka_consumer(dc: str) -> str:
     """The Kafka user of the consumers of ``dc``."""
     return f"consumer-{dc}"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file only its owner can read, replacing ``path`` atomically: the
+    file is created 0600 by the open call (``O_EXCL``), never readable by others in the moment
+    before a chmod. (``stack.secrets.write_private`` is this one.)"""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
 
 
 JOLOKIA_USER = "monitor"

@@ -2,6 +2,11 @@
 (the ring as a node sees it, each node's share of its DC). The local stack's readiness and
 status, the repair DAG and the balance DAG all go through here: one client (:class:`Jolokia`),
 one error type.
+
+Every agent asks for a login (basic authentication, user ``monitor``) and allows only the reads
+and operations the platform uses (``stack/jolokia.py`` renders that policy). The local stack
+reads the login from :mod:`retail.credentials`, the DAGs from the ``retail_cassandra``
+connection's extra (``jolokia``: ``{"login": ..., "password": ...}``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from retail.credentials import Login
 from retail.errors import RetailError
 from retail.topology import CassandraNode
 
@@ -21,30 +27,59 @@ class JolokiaError(RetailError):
 
 
 STORAGE_SERVICE = "org.apache.cassandra.db:type=StorageService"
-FAILURE_DETECTOR = "org.apache.cassandra.net:type=FailureDetector"
+# What ring_view reads of StorageService (the access policy allows exactly these).
+RING_ATTRIBUTES = (
+    "LiveNodesWithPort",
+    "UnreachableNodesWithPort",
+    "JoiningNodesWithPort",
+    "LeavingNodesWithPort",
+    "MovingNodesWithPort",
+    "LoadMapWithPort",
+    "TokenToEndpointWithPortMap",
+)
+# The largest partition of each table of a keyspace: a pattern read (scope=* is every table).
+MAX_PARTITION_SIZE = (
+    "org.apache.cassandra.metrics:type=Table,keyspace={keyspace},scope=*,name=MaxPartitionSize"
+)
 
 
 def request(client: httpx.Client, node: CassandraNode, body: dict[str, Any], what: str) -> Any:
     """One Jolokia request (read, exec or write) to ``node``; returns its value."""
     url = f"http://{node.address}:{node.jolokia_port}/jolokia/"
     try:
-        data = client.post(url, json=body).json()
+        resp = client.post(url, json=body)
+        if resp.status_code in (401, 403):
+            raise JolokiaError(
+                f"{node.name}: its Jolokia agent at {url} refused the login "
+                f"(HTTP {resp.status_code}): the local stack's is jolokia/monitor in "
+                "credentials.json (retail.credentials); a DAG's is the 'jolokia' entry of the "
+                "retail_cassandra connection's extra (`retail airflow-env`)"
+            )
+        data = resp.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise JolokiaError(
             f"{node.name}: its Jolokia agent at {url} did not answer ({exc}); is the node up? "
             "(`retail stack status`)"
         ) from exc
     if data.get("status") != 200:
+        # A policy refusal is status 403 with a SecurityException: say so plainly.
+        if data.get("status") == 403:
+            raise JolokiaError(
+                f"{node.name}: {what} refused by the agent's access policy "
+                f"(stack/jolokia.py ACCESS): {data.get('error')}"
+            )
         raise JolokiaError(f"{node.name}: {what} failed: {data.get('error')}")
     return data.get("value")
 
 
 class Jolokia:
-    """The nodes' Jolokia agents over one HTTP client (one POST per operation); every failure
-    is a :class:`JolokiaError` naming the node and what to check."""
+    """The nodes' Jolokia agents over one HTTP client (one POST per operation), logged in as
+    ``login`` (basic authentication); every failure is a :class:`JolokiaError` naming the node
+    and what to check."""
 
-    def __init__(self, timeout: float = 10.0) -> None:
-        self.client = httpx.Client(timeout=timeout)
+    def __init__(self, timeout: float = 10.0, login: Login | None = None) -> None:
+        auth = (login.username, login.password.get_secret_value()) if login else None
+        self.client = httpx.Client(timeout=timeout, auth=auth)
 
     def close(self) -> None:
         self.client.close()
@@ -72,11 +107,15 @@ class Jolokia:
 
 
 def jolokia_read(
-    node: CassandraNode, mbean: str, attributes: list[str], timeout: float = 3.0
+    node: CassandraNode,
+    mbean: str,
+    attributes: list[str],
+    timeout: float = 3.0,
+    login: Login | None = None,
 ) -> dict[str, Any]:
     """Read MBean attributes of a node over Jolokia's HTTP/JSON protocol (a client of its own:
     for one-off reads)."""
-    with Jolokia(timeout) as client:
+    with Jolokia(timeout, login) as client:
         return client.read(node, mbean, attributes)
 
 
@@ -119,21 +158,9 @@ def _parse_load(text: str) -> float:
         return 0.0
 
 
-def ring_view(node: CassandraNode) -> RingView:
+def ring_view(node: CassandraNode, login: Login | None = None) -> RingView:
     """The ring as ``node`` sees it (raises :class:`JolokiaError` if it does not answer)."""
-    ss = jolokia_read(
-        node,
-        STORAGE_SERVICE,
-        [
-            "LiveNodesWithPort",
-            "UnreachableNodesWithPort",
-            "JoiningNodesWithPort",
-            "LeavingNodesWithPort",
-            "MovingNodesWithPort",
-            "LoadMapWithPort",
-            "TokenToEndpointWithPortMap",
-        ],
-    )
+    ss = jolokia_read(node, STORAGE_SERVICE, list(RING_ATTRIBUTES), login=login)
     tokens: dict[str, list[int]] = {}
     for token, endpoint in (ss["TokenToEndpointWithPortMap"] or {}).items():
         tokens.setdefault(endpoint_address(endpoint), []).append(int(token))

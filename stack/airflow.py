@@ -2,15 +2,22 @@
 the DAG processor, as plain processes with their home in the stack dir (SQLite metadata DB).
 
 They run the repo's dags/ and plugins/ with the connections of the running stack and send
-Airflow's own metrics to the stack's StatsD. Login: user ``admin``, password generated on first
-start into ``<stack dir>/airflow/home/passwords.json`` (``retail stack airflow`` prints it).
+Airflow's own metrics to the stack's StatsD. The simple auth manager knows three users, their
+passwords the stack's (``airflow`` in ``credentials.json``, :mod:`retail.credentials`), written
+into ``<stack dir>/airflow/home/passwords.json`` (0600 from the open call):
+
+- ``admin`` (role admin): everything;
+- ``operator`` (role user, the least role the simple auth manager lets trigger, pause and
+  clear DAG runs): runs the operations;
+- ``viewer`` (role viewer): sees DAGs, runs and logs, triggers nothing.
+
+Nothing prints a password: ``retail stack airflow`` names the file to read it from.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -20,15 +27,20 @@ from urllib.parse import quote
 import httpx
 
 from retail.connections import airflow_environment
+from retail.credentials import Credentials, Login, stack_credentials
 from retail.errors import RetailError
 from retail.settings import Settings, get_settings
 from retail.topology import Topology
 from stack.process import ManagedProcess
+from stack.secrets import write_private
 
 API_HOST = "127.0.0.1"
 API_PORT = 8080
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
-USER = "admin"
+# Login -> simple auth manager role. "user" is the least role that may trigger a DAG run (its
+# is_authorized_dag allows POST/PUT/DELETE from "user" up).
+ROLES = {"admin": "admin", "operator": "user", "viewer": "viewer"}
+ADMIN, OPERATOR, VIEWER = "admin", "operator", "viewer"
 
 
 class AirflowError(RetailError):
@@ -45,11 +57,12 @@ class AirflowServers:
     def __init__(
         self, topology: Topology, stack_dir: Path, settings: Settings | None = None
     ) -> None:
+        self.settings = settings or get_settings()
         self.dir = stack_dir / "airflow"
         self.home = self.dir / "home"
         self.url = f"http://{API_HOST}:{API_PORT}"
         self.env = {
-            **airflow_environment(topology, settings or get_settings()),
+            **airflow_environment(topology, self.settings),
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__API__HOST": API_HOST,
             "AIRFLOW__API__PORT": str(API_PORT),
@@ -58,7 +71,9 @@ class AirflowServers:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             # Four task slots, not the default 32 pre-forked workers: a 2-core machine.
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+                f"{user}:{role}" for user, role in ROLES.items()
+            ),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         }
@@ -75,16 +90,27 @@ class AirflowServers:
             for c in COMPONENTS
         ]
 
-    def password(self) -> str:
-        return json.loads(self.passwords_file.read_text())[USER]
+    def credentials(self) -> Credentials:
+        return stack_credentials(self.settings)
+
+    def login(self, user: str = OPERATOR) -> Login:
+        """A user's login (``admin``, ``operator``, ``viewer``), from the stack's credentials."""
+        return self.credentials().login("airflow", user)
+
+    def write_passwords(self) -> None:
+        """The simple auth manager's passwords file from the stack's credentials, created 0600
+        (it reads it; it writes it only to add a user it finds missing)."""
+        creds = self.credentials()
+        passwords = {
+            user: creds.login("airflow", user).password.get_secret_value() for user in ROLES
+        }
+        write_private(self.passwords_file, json.dumps(passwords).encode())
 
     def up(self, timeout: float = 180.0) -> None:
         """Migrate the metadata DB, start the servers and wait until the API says every
         component is healthy."""
         self.home.mkdir(parents=True, exist_ok=True)
-        if not self.passwords_file.exists():
-            self.passwords_file.write_text(json.dumps({USER: secrets.token_urlsafe(12)}))
-            self.passwords_file.chmod(0o600)
+        self.write_passwords()
         migrate = subprocess.run(
             [airflow_bin(), "db", "migrate"],
             env={**os.environ, **self.env},
@@ -126,17 +152,24 @@ class AirflowServers:
             proc.wait_stopped(30.0)
         return [p.name for p in procs]
 
-    def client(self) -> httpx.Client:
-        """An HTTP client for the REST API, logged in as the admin user."""
-        token = httpx.post(
+    def token(self, user: str = OPERATOR) -> str:
+        """A REST API token (JWT) for ``user``."""
+        login = self.login(user)
+        resp = httpx.post(
             f"{self.url}/auth/token",
-            json={"username": USER, "password": self.password()},
+            json={"username": login.username, "password": login.password.get_secret_value()},
             timeout=10,
         )
-        token.raise_for_status()
+        if resp.status_code != 201:
+            raise AirflowError(f"Airflow refused the login of {user!r} ({resp.status_code})")
+        return str(resp.json()["access_token"])
+
+    def client(self, user: str = OPERATOR) -> httpx.Client:
+        """An HTTP client for the REST API, logged in as ``user`` (by default the operator,
+        who may trigger, pause and unpause DAGs)."""
         return httpx.Client(
             base_url=f"{self.url}/api/v2",
-            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            headers={"Authorization": f"Bearer {self.token(user)}"},
             timeout=30,
         )
 

@@ -4,7 +4,7 @@ Each node gets a directory of its own (``conf/``, ``data/``, ``commitlog/``, ``l
 ``cassandra.yaml`` and ``cassandra-rackdc.properties`` rendered from the topology, its own JMX
 port, and two Java agents on its own address: the Prometheus JMX exporter (metrics) and Jolokia
 (JMX over HTTP, read through retail/jolokia.py for gossip state, load and tokens without starting a
-nodetool JVM per question).
+nodetool JVM per question; behind a login and an access policy, stack/jolokia.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from retail.credentials import CA_FILE
 from retail.topology import CassandraNode, Topology
 from stack import secrets
 from stack.fetch import Artifacts
+from stack.jolokia import agent_config_path as jolokia_agent_config
 from stack.process import ManagedProcess
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,9 @@ def node_process(
         f"-javaagent:{artifacts.jmx_exporter_jar}="
         f"{node.address}:{node.exporter_port}:{MONITORING / 'jmx' / 'cassandra.yml'}"
     )
-    jolokia = (
-        f"-javaagent:{artifacts.jolokia_jar}="
-        f"host={node.address},port={node.jolokia_port},discoveryEnabled=false"
-    )
+    # Its address, port, login and policy are in a 0600 options file (stack/jolokia.py), written
+    # before the start: a password on this line would show in `ps`.
+    jolokia = f"-javaagent:{artifacts.jolokia_jar}=config={jolokia_agent_config(conf)}"
     argv = [
         "java",
         *jvm_sizing(topology.heap_mb),

@@ -187,7 +187,8 @@ def airflow(
     stop: Annotated[bool, typer.Option("--stop", help="Stop Airflow's servers.")] = False,
 ) -> None:
     """Start Airflow's API server (UI and REST API), scheduler and DAG processor next to the
-    running stack, with the repo's DAGs and the stack's connections; prints the login."""
+    running stack, with the repo's DAGs and the stack's connections; prints the users and
+    the file that holds their passwords (never a password)."""
     from stack.airflow import AirflowServers
 
     stack = LocalStack()
@@ -199,8 +200,8 @@ def airflow(
     with console.status("starting Airflow (db migrate, api-server, scheduler, dag-processor)"):
         servers.up()
     console.print(
-        f"[green]Airflow ready[/] at {servers.url}  user [bold]admin[/], password "
-        f"[bold]{servers.password()}[/] (from {servers.passwords_file}); "
+        f"[green]Airflow ready[/] at {servers.url}  users admin, operator (triggers DAGs), "
+        f"viewer; passwords *** (in {servers.passwords_file}, readable by you only); "
         "`retail stack down` stops it with the rest"
     )
 

@@ -132,7 +132,8 @@ def demo(
 
     console.print(
         Panel.fit(
-            f"Airflow UI: {servers.url}  (user admin, password in {servers.passwords_file})\n"
+            f"Airflow UI: {servers.url}  (users admin, operator, viewer; passwords in "
+            f"{servers.passwords_file})\n"
             f"Prometheus: {topology.prometheus.url}   Alertmanager: {topology.alertmanager.url}\n"
             f"The report as a page: {report_file.resolve()}\n"
             "Everything keeps running: the consumers and the stream are supervised.\n"

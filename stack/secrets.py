@@ -13,7 +13,6 @@ import datetime
 import ipaddress
 import json
 import logging
-import os
 import secrets
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from retail import credentials as cred
+from retail.credentials import write_private as write_private  # defined there: retail/ needs it
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,6 @@ CERT_DAYS = 730
 
 def secrets_dir(stack_dir: Path) -> Path:
     return stack_dir / "secrets"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file only its owner can read, replacing ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
 
 
 def wanted_logins(topology: Topology) -> dict[str, list[str]]:
@@ -219,50 +210,44 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
 # --- a Compose deployment's secrets ----------------------------------------------------------
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "docker"
-# Where the containers find the CA (mounted read-only from the secrets directory).
-COMPOSE_CA = {"consumer": "/etc/retail/secrets", "airflow": "/opt/airflow/secrets"}
+COMPOSE_EXAMPLE = COMPOSE_DIR / "secrets.example.env"
+COMPOSE_ENV = "secrets.env"
+
+
+def compose_variables(creds: cred.Credentials) -> dict[str, str]:
+    """The values of Compose's secret variables that are logins of ``creds``."""
+
+    def password(system: str, user: str) -> str:
+        return creds.login(system, user).password.get_secret_value()
+
+    return {
+        "CASSANDRA_CONSUMER_PASSWORD": password("cassandra", cred.CASSANDRA_CONSUMER),
+        "CASSANDRA_OPS_PASSWORD": password("cassandra", cred.CASSANDRA_OPS),
+        "JOLOKIA_PASSWORD": password("jolokia", cred.JOLOKIA_USER),
+        **{f"AIRFLOW_{u.upper()}_PASSWORD": password("airflow", u) for u in cred.AIRFLOW_USERS},
+    }
 
 
 def compose(directory: Path, topology: Topology) -> cred.Credentials:
     """The secrets of the Compose deployment of ``topology`` (addresses are service names) into
-    ``directory``: what :func:`ensure_in` makes, plus an env file per service that needs a
-    login (``env_file:`` in docker/compose.yaml), each 0600, never committed."""
+    ``directory``: what :func:`ensure_in` makes (the logins that ``cassandra-roles`` sets, the
+    CA, a certificate per node and broker naming its service), and ``secrets.env``: a value
+    for every variable of docker/secrets.example.env, the logins' where they are logins, the
+    others generated; what exists is kept. Each file 0600."""
     creds = ensure_in(directory, topology)
-    consumer = creds.login("cassandra", cred.CASSANDRA_CONSUMER)
-    for dc in topology.datacenters:
-        _env_file(
-            directory / f"consumer-{dc.name}.env",
-            {
-                "RETAIL_CASSANDRA_USERNAME": consumer.username,
-                "RETAIL_CASSANDRA_PASSWORD": consumer.password.get_secret_value(),
-                "RETAIL_SECRETS_DIR": COMPOSE_CA["consumer"],
-                # The driver dials the nodes at container IPs (from system.peers) that no
-                # certificate names; the CA is still checked.
-                "RETAIL_CASSANDRA_TLS_CHECK_HOSTNAME": "false",
-            },
-        )
-    ops = creds.login("cassandra", cred.CASSANDRA_OPS)
-    home = topology.datacenters[0]
-    connection = {
-        "conn_type": "cassandra",
-        "host": ",".join(home.contact_points),
-        "port": home.nodes[0].cql_port,
-        "login": ops.username,
-        "password": ops.password.get_secret_value(),
-        "extra": {
-            "local_dc": home.name,
-            "topology_file": "/opt/airflow/topology.json",
-            "ssl_options": {
-                "ca_certs": f"{COMPOSE_CA['airflow']}/{cred.CA_FILE}",
-                "check_hostname": False,
-            },
-        },
-    }
-    _env_file(directory / "airflow.env", {"AIRFLOW_CONN_RETAIL_CASSANDRA": json.dumps(connection)})
+    path = directory / COMPOSE_ENV
+    existing = _read_env(path) if path.exists() else {}
+    values = {**existing, **compose_variables(creds)}
+    for name in _read_env(COMPOSE_EXAMPLE):
+        values.setdefault(name, secrets.token_urlsafe(18))
+    write_private(path, "".join(f"{k}={v}\n" for k, v in sorted(values.items())).encode())
     return creds
 
 
-def _env_file(path: Path, values: dict[str, str]) -> None:
-    # Compose's env_file format: KEY=VALUE per line, the value taken as is (no quotes needed,
-    # and JSON keeps its own).
-    write_private(path, "".join(f"{k}={v}\n" for k, v in values.items()).encode())
+def _read_env(path: Path) -> dict[str, str]:
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#") and "=" in line
+    )
+    return {k.strip(): v.strip() for k, v in pairs}

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from retail import jolokia
+from retail.errors import ConfigError
 from retail.kafka import Topics, region_lag
 from retail.topology import Topology
 from stack.local import LocalStack
@@ -93,8 +94,8 @@ def collect(stack: LocalStack) -> StackStatus:
     for node in topo.nodes:
         if pids[node.name] is None:
             continue
-        with contextlib.suppress(jolokia.JolokiaError):
-            view = jolokia.ring_view(node)
+        with contextlib.suppress(jolokia.JolokiaError, ConfigError):
+            view = jolokia.ring_view(node, stack.jolokia_login())
             break
     dc_of = {n.address: n.dc for n in topo.nodes}
     owns = jolokia.dc_ownership(view.tokens, dc_of) if view else {}

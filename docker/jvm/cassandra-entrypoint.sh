@@ -7,6 +7,9 @@
 #                                         view DDL is rejected on a node where it is off
 #   CASSANDRA_INITIAL_TOKEN               the node's token (with CASSANDRA_NUM_TOKENS=1), so the
 #                                         ring is laid out as retail/topology.py lays it out
+#   JOLOKIA_PASSWORD                      the Jolokia agent's password (user monitor); written
+#                                         into the agent's options file (0600, owner cassandra),
+#                                         then removed from the server's environment
 #
 # and, always, PasswordAuthenticator, CassandraAuthorizer and client TLS (secure() below).
 set -euo pipefail
@@ -67,6 +70,32 @@ client_encryption_options:
 YAML
 }
 
+# The Jolokia agent's options (JVM_EXTRA_OPTS passes -javaagent:...=config=<this file>): the
+# container's own address on the Compose network, never 0.0.0.0; basic authentication; the
+# access policy baked into the image (docker/jvm/jolokia-access.xml, rendered by
+# stack/jolokia.py). The password is in the file, never on the java command line.
+write_jolokia_config() {
+    local dir=/etc/jolokia/run address password
+    : "${JOLOKIA_PASSWORD:?is not set: see docker/secrets.example.env}"
+    address="$(hostname -i | awk '{print $1}')"
+    # Properties-file escaping of the characters that would end the key or value.
+    password="$(printf '%s' "$JOLOKIA_PASSWORD" | sed 's/[\\=: #!]/\\&/g')"
+    install -d -m 0700 -o cassandra -g cassandra "$dir"
+    (
+        umask 077
+        printf '%s\n' \
+            "host=${address}" \
+            "port=8778" \
+            "discoveryEnabled=false" \
+            "authMode=basic" \
+            "user=monitor" \
+            "password=${password}" \
+            "policyLocation=file:///etc/jolokia/jolokia-access.xml" \
+            > "$dir/agent.properties"
+    )
+    chown cassandra:cassandra "$dir/agent.properties"
+}
+
 # Only when starting the server (no arguments, flags only, or `cassandra ...`), not for
 # `docker compose run cassandra-eu-west-1 cqlsh ...` and the like.
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ] || [ "$1" = cassandra ]; then
@@ -75,6 +104,8 @@ if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ] || [ "$1" = cassandra ]; then
     if [ -n "${CASSANDRA_INITIAL_TOKEN:-}" ]; then
         set_key initial_token "\"${CASSANDRA_INITIAL_TOKEN}\""
     fi
+    write_jolokia_config
 fi
+unset JOLOKIA_PASSWORD
 
 exec docker-entrypoint.sh "$@"

@@ -18,16 +18,19 @@ from pydantic import SecretStr
 from retail.cassandra import ClientOptions, TlsOptions, connect
 from retail.connections import (
     CASSANDRA_CONN_ID,
+    JOLOKIA_EXTRA,
     KAFKA_CONN_ID,
     STATSD_CONN_ID,
     topology_from_extra,
 )
+from retail.credentials import Login
 from retail.errors import ConfigError
+from retail.jolokia import Jolokia
 from retail.metrics import StatsdMetrics
 from retail.topology import Topology
 
 # Keys of the retail_cassandra extra that describe the platform, not the driver.
-PLATFORM_EXTRA = frozenset({"local_dc", "topology", "topology_file"})
+PLATFORM_EXTRA = frozenset({"local_dc", "topology", "topology_file", JOLOKIA_EXTRA})
 # Keys of Airflow's Cassandra provider the platform decides itself: it routes every request
 # token- and DC-aware, to the DC each task names.
 PROVIDER_ROUTING_EXTRA = frozenset({"load_balancing_policy", "load_balancing_policy_args"})
@@ -77,6 +80,28 @@ def cassandra_options(conn: ConnectionLike) -> ClientOptions:
         raise ConfigError(f"connection {conn.conn_id}: {exc}") from exc
 
 
+def jolokia_login(conn: ConnectionLike) -> Login | None:
+    """The Jolokia agents' login a ``retail_cassandra`` connection carries in its extra
+    (``"jolokia": {"login": ..., "password": ...}``), or None when it has none (the agents
+    then answer 401, which the client reports as such)."""
+    raw = conn.extra_dejson.get(JOLOKIA_EXTRA)
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, Mapping)
+        or not isinstance(raw.get("login"), str)
+        or not isinstance(raw.get("password"), str)
+        or not raw["login"]
+        or not raw["password"]
+    ):
+        # Never the value itself: it holds a password.
+        raise ConfigError(
+            f"connection {conn.conn_id}: '{JOLOKIA_EXTRA}' in its extra must be an object with "
+            "a non-empty 'login' and 'password' (generate it with `retail airflow-env`)"
+        )
+    return Login(raw["login"], SecretStr(raw["password"]))
+
+
 def kafka_config(conn: ConnectionLike) -> dict[str, Any]:
     """The librdkafka client config a ``retail_kafka`` connection carries: its whole extra (the
     format of Airflow's Kafka provider: ``bootstrap.servers``, ``security.protocol``,
@@ -123,6 +148,15 @@ class RetailCassandraHook(BaseHook):
 
     def topology(self) -> Topology:
         return topology_from_extra(self.extra)
+
+    @property
+    def jolokia_login(self) -> Login | None:
+        """The nodes' Jolokia agents' login (:func:`jolokia_login`)."""
+        return jolokia_login(self.conn)
+
+    def jolokia(self, timeout: float = 10.0) -> Jolokia:
+        """A client of the nodes' Jolokia agents, logged in with the connection's login."""
+        return Jolokia(timeout, self.jolokia_login)
 
     @property
     def local_dc(self) -> str:

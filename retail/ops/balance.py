@@ -29,8 +29,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from retail.credentials import Login
 from retail.errors import RetailError
 from retail.jolokia import (
+    MAX_PARTITION_SIZE,
     STORAGE_SERVICE,
     JolokiaError,
     dc_ownership,
@@ -306,18 +308,21 @@ def _largest_partitions(node_name: str, raw: Mapping[str, Mapping[str, float]]) 
     return out
 
 
-def check_cassandra(topology: Topology, keyspace: str = "retail") -> CassandraBalance:
+def check_cassandra(
+    topology: Topology, keyspace: str = "retail", login: Login | None = None
+) -> CassandraBalance:
     """Ownership, load, skew per DC, largest partitions and disk, through each node's Jolokia.
 
     The ring (tokens, loads, who is up) comes from the first node that answers; the largest
     partitions and data directories from every node that answers. A node that does not answer
-    is listed as unreachable, never counted as empty.
+    is listed as unreachable, never counted as empty. ``login`` is the agents' (Jolokia user
+    ``monitor``).
     """
     dc_of = {n.address: n.dc for n in topology.nodes}
     view = None
     for node in topology.nodes:
         try:
-            view = ring_view(node)
+            view = ring_view(node, login)
             break
         except JolokiaError as exc:
             log.warning("%s", exc)
@@ -328,14 +333,14 @@ def check_cassandra(topology: Topology, keyspace: str = "retail") -> CassandraBa
     largest: dict[str, tuple[int, str]] = {}
     unreachable: list[str] = []
     not_local: list[str] = []
-    pattern = (
-        f"org.apache.cassandra.metrics:type=Table,keyspace={keyspace},scope=*,name=MaxPartitionSize"
-    )
+    pattern = MAX_PARTITION_SIZE.format(keyspace=keyspace)
     for node in topology.nodes:
         free = None
         try:
-            dirs = jolokia_read(node, STORAGE_SERVICE, ["AllDataFileLocations"])
-            tables = _largest_partitions(node.name, jolokia_read(node, pattern, ["Value"]))
+            dirs = jolokia_read(node, STORAGE_SERVICE, ["AllDataFileLocations"], login=login)
+            tables = _largest_partitions(
+                node.name, jolokia_read(node, pattern, ["Value"], login=login)
+            )
             for table, size in tables.items():
                 if size > largest.get(table, (-1, ""))[0]:
                     largest[table] = (size, node.name)

@@ -16,7 +16,7 @@ from retail import migrations
 from retail.cassandra import connect
 from retail.credentials import CASSANDRA_OPS
 from stack.airflow import (
-    USER,
+    OPERATOR,
     AirflowServers,
     task_result,
     trigger,
@@ -114,7 +114,7 @@ def test_the_ui_triggers_a_run_with_a_param_set_in_its_form_and_shows_it_succeed
     # offers to unpause it on trigger, which a user keeps ticked.
     set_paused(api, "schema_migrations", True)
     with airflow_ui(servers.url, tmp_path) as ui:
-        ui.log_in(USER, servers.password())
+        ui.log_in(OPERATOR, servers.login(OPERATOR).password.get_secret_value())
         ui.open_dag("schema_migrations")
         ui.open_trigger_form()
         ui.set_checkbox("Unpause schema_migrations on trigger", True)
@@ -128,7 +128,7 @@ def test_the_ui_triggers_a_run_with_a_param_set_in_its_form_and_shows_it_succeed
         run = api.get(f"/dags/schema_migrations/dagRuns/{quote(run_id, safe='')}").json()
         assert run["state"] == "success"
         assert run["conf"] == {"dry_run": True, "allow_replication_decrease": False}
-        assert run["triggering_user_name"] == USER
+        assert run["triggering_user_name"] == OPERATOR
         assert api.get("/dags/schema_migrations").json()["is_paused"] is False
         result = task_result(api, "schema_migrations", run_id, "apply_migrations")
         assert isinstance(result, dict)
@@ -144,7 +144,7 @@ def test_the_ui_trigger_form_refuses_invalid_params(
     runs_before = api.get("/dags/balance_check/dagRuns").json()["total_entries"]
     bad_prefix = "no such; prefix"
     with airflow_ui(servers.url, tmp_path) as ui:
-        ui.log_in(USER, servers.password())
+        ui.log_in(OPERATOR, servers.login(OPERATOR).password.get_secret_value())
         ui.open_dag("balance_check")
         ui.open_trigger_form()
         ui.set_checkbox("Unpause balance_check on trigger", False)

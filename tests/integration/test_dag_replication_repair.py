@@ -268,10 +268,12 @@ def test_a_repair_waits_for_a_lease_another_holds_refuses_naming_it_and_runs_on_
         )
 
 
-def test_a_retry_waits_for_a_session_left_running_on_a_node(topology: Topology) -> None:
+def test_a_retry_waits_for_a_session_left_running_on_a_node(
+    topology: Topology, local_stack: LocalStack
+) -> None:
     """What a retry does first, against a real session: one started over Jolokia as a failed
     try would have left it, then waited for through its command status and the node counts."""
-    jolokia = Jolokia()
+    jolokia = Jolokia(login=local_stack.jolokia_login())
     try:
         steps = repair.plan(
             "retail_ops",
@@ -331,7 +333,7 @@ def test_a_stale_replica_reads_complete_on_its_own_after_the_repair(
     delete.consistency_level = ConsistencyLevel.ALL
     for store in STORES:  # leftovers of an earlier run, deleted on every replica
         admin.execute(delete, [store])
-    jolokia = Jolokia()
+    jolokia = Jolokia(login=local_stack.jolokia_login())
     try:
         # Hints would replay the writes when the node comes back: only repair may bring them.
         for node in others:

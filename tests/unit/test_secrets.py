@@ -87,23 +87,25 @@ def test_a_missing_login_or_file_says_where_it_looked(tmp_path: Path) -> None:
         creds.login("cassandra", "nobody")
 
 
-def test_compose_secrets_give_each_service_its_login_and_name_the_services(
-    tmp_path: Path,
-) -> None:
+def test_compose_secrets_give_every_variable_a_value_and_keep_them(tmp_path: Path) -> None:
     topo = Topology.from_json((COMPOSE_DIR / "consumer" / "topology.json").read_text())
     creds = secrets.compose(tmp_path, topo)
-    env = dict(
-        line.split("=", 1) for line in (tmp_path / "consumer-us-east.env").read_text().splitlines()
-    )
-    consumer = creds.login("cassandra", CASSANDRA_CONSUMER)
-    assert env["RETAIL_CASSANDRA_USERNAME"] == consumer.username
-    assert env["RETAIL_CASSANDRA_PASSWORD"] == consumer.password.get_secret_value()
-    assert _mode(tmp_path / "consumer-us-east.env") == 0o600
-    airflow = (tmp_path / "airflow.env").read_text().strip()
-    name, value = airflow.split("=", 1)
-    conn = json.loads(value)
-    assert (name, conn["login"]) == ("AIRFLOW_CONN_RETAIL_CASSANDRA", CASSANDRA_OPS)
-    assert conn["password"] == creds.login("cassandra", CASSANDRA_OPS).password.get_secret_value()
+    env_file = tmp_path / "secrets.env"
+    assert _mode(env_file) == 0o600
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    example = [
+        line.split("=", 1)[0]
+        for line in (COMPOSE_DIR / "secrets.example.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert sorted(env) == sorted(example)
+    assert all(len(v) >= 24 for v in env.values())
+    # The Cassandra ones are the logins cassandra-roles sets on the cluster.
+    consumer = creds.login("cassandra", CASSANDRA_CONSUMER).password.get_secret_value()
+    ops = creds.login("cassandra", CASSANDRA_OPS).password.get_secret_value()
+    assert (env["CASSANDRA_CONSUMER_PASSWORD"], env["CASSANDRA_OPS_PASSWORD"]) == (consumer, ops)
+    secrets.compose(tmp_path, topo)
+    assert env_file.read_text() == "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
     cert = x509.load_pem_x509_certificate((tmp_path / "servers" / "eu-west-2.pem").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "cassandra-eu-west-2" in san.get_values_for_type(x509.DNSName)

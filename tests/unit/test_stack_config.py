@@ -17,9 +17,10 @@ from retail.connections import (
     STATSD_CONN_ID,
     topology_from_extra,
 )
+from retail.credentials import CASSANDRA_OPS
 from retail.settings import get_settings
-from retail.topology import Topology, profile_topology
-from stack import cassandra, kafka, secrets
+from retail.topology import profile_topology
+from stack import cassandra, kafka
 from stack.fetch import Artifacts
 from stack.monitoring import MONITORING, scrape_targets
 
@@ -135,22 +136,17 @@ def test_compose_prometheus_targets_carry_the_local_stacks_labels() -> None:
         assert ports == [[t.rsplit(":", 1)[1] for t in g["targets"]] for g in groups], job
 
 
-def test_compose_airflow_connections_name_a_mounted_topology_of_the_compose_services(
-    tmp_path: Path,
-) -> None:
+def test_compose_airflow_connections_name_a_mounted_topology_of_the_compose_services() -> None:
     docker = MONITORING.parent / "docker"
     airflow = yaml.safe_load((docker / "compose.yaml").read_text())["services"]["airflow"]
-    # The Cassandra connection carries a login: it comes from the generated env file.
-    assert airflow["env_file"] == "secrets/airflow.env"
-    secrets.compose(tmp_path, Topology.from_json((docker / "consumer/topology.json").read_text()))
-    generated = dict(
-        line.split("=", 1) for line in (tmp_path / "airflow.env").read_text().splitlines()
-    )
-    env = {**airflow["environment"], **generated}
+    env = airflow["environment"]
     assert {k for k in env if k.startswith("AIRFLOW_CONN_")} == {
         f"AIRFLOW_CONN_{c.upper()}" for c in (CASSANDRA_CONN_ID, KAFKA_CONN_ID, STATSD_CONN_ID)
     }
-    extra = json.loads(env["AIRFLOW_CONN_RETAIL_CASSANDRA"])["extra"]
+    conn = json.loads(env["AIRFLOW_CONN_RETAIL_CASSANDRA"])
+    assert conn["login"] == CASSANDRA_OPS
+    assert conn["password"].startswith("${CASSANDRA_OPS_PASSWORD:?")
+    extra = conn["extra"]
     mounts = dict(reversed(v.split(":")[:2]) for v in airflow["volumes"] if ":" in v)
     local_file = docker / mounts[extra["topology_file"]]
     assert extra["ssl_options"]["ca_certs"] in mounts, "the CA the connection names is mounted"

@@ -80,7 +80,7 @@ class BalanceCheckOperator(BaseOperator):
         # Kafka or every Cassandra node unreachable raises BalanceError: worth a retry.
         kafka = balance.check_kafka(kafka_hook.config, names, groups, window_seconds=window)
         self.log.info("Cassandra: %d nodes over Jolokia", len(topology.nodes))
-        cassandra = balance.check_cassandra(topology)
+        cassandra = balance.check_cassandra(topology, login=cassandra_hook.jolokia_login)
 
         metrics = RetailStatsdHook(self.statsd_conn_id).metrics
         sent = balance.gauges(kafka, cassandra, prefix)

@@ -274,7 +274,7 @@ class RepairOperator(BaseOperator):
         repaired: dict[str, Any] = {}
         failed: dict[str, str] = {}
         refused: dict[str, str] = {}
-        jolokia = Jolokia()
+        jolokia = hook.jolokia()
         try:
             with hook.session(consistency_level="QUORUM") as (cluster, session):
                 ops = cluster.metadata.keyspaces.get(OPS_KEYSPACE)
