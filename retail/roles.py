@@ -33,7 +33,12 @@ class Grant:
 
 
 # Granted by the admin when the roles are made: before any keyspace exists.
-ROLE_GRANTS: tuple[Grant, ...] = (Grant("CREATE", "ALL KEYSPACES", CASSANDRA_OPS),)
+ROLE_GRANTS: tuple[Grant, ...] = (
+    Grant("CREATE", "ALL KEYSPACES", CASSANDRA_OPS),
+    # The view rebuild reads how far each node built a view (view_build_status); only the
+    # system keyspaces every client needs are readable without a grant.
+    Grant("SELECT", "KEYSPACE system_distributed", CASSANDRA_OPS),
+)
 
 # Granted by the owner of the platform's keyspace (the operations role, which created it) after
 # every migration run: a GRANT needs its keyspace to exist, and repeating one changes nothing.

@@ -38,7 +38,14 @@ def cql(airflow: None, topology: Topology, tmp_path: Path) -> Iterator[tuple[Any
     try:
         yield cluster, session, directory
     finally:
-        session.execute(f"DROP KEYSPACE IF EXISTS {RAIL_KEYSPACE}")
+        # Only a keyspace that exists: the operations role owns what it created, and Cassandra
+        # refuses it DROP ... IF EXISTS on one that does not (no permission on it).
+        exists = session.execute(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+            [RAIL_KEYSPACE],
+        ).one()
+        if exists:
+            session.execute(f"DROP KEYSPACE {RAIL_KEYSPACE}")
         session.execute(
             f"DELETE FROM {migrations.OPS_KEYSPACE}.schema_migrations WHERE version IN (900, 901)"
         )
