@@ -198,3 +198,9 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def tls_subject(name: str) -> str:
+    """The subject of server ``name``'s certificate as Kafka and Cassandra name a TLS peer
+    (RFC 4514, most specific first): ``CN=kafka-1,O=retail-platform local stack``."""
+    return _name(name).rfc4514_string()
