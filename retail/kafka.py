@@ -14,6 +14,7 @@ reason and its origin in headers.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -296,12 +297,48 @@ def ensure_topics(
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise RetailError(f"could not create topic {name}: {exc}") from exc
         log.info("created topics %s", ", ".join(created))
-    for acl, future in admin.create_acls(bindings(topics), request_timeout=timeout).items():
+    wanted_acls = bindings(topics)
+    for acl, future in admin.create_acls(wanted_acls, request_timeout=timeout).items():
         try:
             future.result(timeout=timeout)
         except KafkaException as exc:
             raise RetailError(f"could not create the ACL {acl}: {exc}") from exc
+    _wait_for_acls(admin, wanted_acls, timeout)
     return created
+
+
+def _wait_for_acls(admin: AdminClient, wanted: list[Any], timeout: float) -> None:
+    """Return once a broker applies ``wanted``: the controller acknowledges new ACLs before the
+    brokers have replayed them from the metadata log, and a client that uses them at once
+    (a producer right after ``ensure_topics``) is refused with no retry."""
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    every = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        None,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        applied = set(admin.describe_acls(every, request_timeout=timeout).result(timeout))
+        missing = [acl for acl in wanted if acl not in applied]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RetailError(
+                f"{len(missing)} ACLs not applied within {timeout:.0f}s, e.g. {missing[0]}"
+            )
+        time.sleep(0.2)
 
 
 def missing_topics(client: ClientConfig, names: list[str], timeout: float = 10.0) -> list[str]:
