@@ -138,7 +138,8 @@ def test_a_regional_login_cannot_read_another_regions_topic_nor_commit_its_group
     us_login = client_config(topology, kafka_consumer(us))
     # Not even its metadata: the topic is not the login's to describe.
     meta = AdminClient(_quiet(us_login)).list_topics(topics.orders(eu), timeout=10)
-    assert meta.topics[topics.orders(eu)].error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    refused = meta.topics[topics.orders(eu)].error
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
     got, _ = read(us_login, topics.orders(eu), topics.group(us))
     assert got == 0
     refused = commit(us_login, topics.group(eu), topics.orders(us))
