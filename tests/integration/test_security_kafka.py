@@ -93,16 +93,27 @@ def read(config: Config, topic: str, group: str, seconds: float = 10) -> tuple[i
     return got, errors
 
 
-def commit(config: Config, group: str, topic: str) -> KafkaError | None:
-    """Commit offset 1 of ``topic``[0] for ``group``; the error, or None if it was taken."""
+def commit(config: Config, group: str, topic: str, offset: int = 1) -> KafkaError | None:
+    """Commit ``offset`` of ``topic``[0] for ``group``; the error, or None if it was taken."""
     consumer = Consumer({**_quiet(config), "group.id": group, "enable.auto.commit": False})
     try:
-        consumer.commit(offsets=[TP(topic, 0, 1)], asynchronous=False)
+        consumer.commit(offsets=[TP(topic, 0, offset)], asynchronous=False)
     except KafkaException as exc:
         return exc.args[0]
     finally:
         consumer.close()
     return None
+
+
+def committed(config: Config, group: str, topic: str) -> int:
+    """``group``'s committed offset on ``topic``[0] (negative: none)."""
+    consumer = Consumer({**_quiet(config), "group.id": group})
+    try:
+        [tp] = consumer.committed([TP(topic, 0)], timeout=10)
+    finally:
+        consumer.close()
+    assert tp.error is None, tp.error
+    return tp.offset
 
 
 def test_a_client_without_credentials_can_neither_list_topics_nor_produce(
@@ -142,8 +153,10 @@ def test_a_regional_login_cannot_read_another_regions_topic_nor_commit_its_group
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
     got, _ = read(us_login, topics.orders(eu), topics.group(us))
     assert got == 0
-    refused = commit(us_login, topics.group(eu), topics.orders(us))
-    assert refused is not None and refused.code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+    # Nor commit in the other region's group (it may not even find its coordinator): refused,
+    # and the group's offset, as ops reads it, has not moved.
+    assert commit(us_login, topics.group(eu), topics.orders(us)) is not None
+    assert committed(client_config(topology, KAFKA_OPS), topics.group(eu), topics.orders(us)) < 0
     # Its own region's topic and group it may.
     assert read(us_login, topics.orders(us), topics.group(us))[0] > 0
     assert commit(us_login, topics.group(us), topics.orders(us)) is None
@@ -154,14 +167,10 @@ def test_ops_reads_a_groups_offsets_but_cannot_move_them(
 ) -> None:
     us = topics.regions[1]
     ops = client_config(topology, KAFKA_OPS)
-    refused = commit(ops, topics.group(us), topics.orders(us))
+    before = committed(ops, topics.group(us), topics.orders(us))  # it reads the offsets
+    refused = commit(ops, topics.group(us), topics.orders(us), offset=max(before, 0) + 7)
     assert refused is not None and refused.code() == KafkaError.GROUP_AUTHORIZATION_FAILED
-    consumer = Consumer({**_quiet(ops), "group.id": topics.group(us)})
-    try:
-        committed = consumer.committed([TP(topics.orders(us), 0)], timeout=10)
-    finally:
-        consumer.close()
-    assert committed[0].error is None
+    assert committed(ops, topics.group(us), topics.orders(us)) == before
 
 
 def _foreign_ca(path: Path) -> Path:
