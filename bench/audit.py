@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pipeline import drain, fresh_topics, log, ready_stack, run_consumers, truncate
 
 from retail.cassandra import connect
-from retail.credentials import CASSANDRA_OPS
+from retail.credentials import CASSANDRA_OPS, KAFKA_OPS
 from retail.generator import StreamGenerator
 from retail.kafka import client_config
 from retail.ops import audit
@@ -50,7 +50,7 @@ def audit_once(topology: Topology, topics, sessions, window: tuple[int, int]) ->
     audited = [topics.topic(r, k) for r in topics.regions for k in ("orders", "inventory")]
     started = time.perf_counter()
     report = audit.audit(
-        client=client_config(topology),
+        client=client_config(topology, KAFKA_OPS),
         topics=topics,
         audited=[*audited, topics.unrouted],
         sessions=sessions,

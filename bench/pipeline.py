@@ -36,10 +36,10 @@ import msgspec
 
 from retail import migrations
 from retail.cassandra import StatementsFailed, connect, run_all
-from retail.credentials import CASSANDRA_CONSUMER, CASSANDRA_OPS
+from retail.credentials import CASSANDRA_CONSUMER, CASSANDRA_OPS, KAFKA_ADMIN
 from retail.events import Event, decode
 from retail.generator import StreamGenerator
-from retail.kafka import Topics, ensure_topics, region_lag
+from retail.kafka import Topics, client_config, ensure_topics, region_lag
 from retail.producer import EventProducer, records_from_events
 from retail.rows import INSERTS, TABLES, rows_for
 from retail.settings import get_settings
@@ -141,9 +141,10 @@ def naive(topology: Topology, session, topics: Topics, budget_s: float) -> float
     from confluent_kafka import Consumer
 
     prepared = {name: session.prepare(cql) for name, cql in INSERTS.items()}
+    # A baseline of the bench's own, in a group no platform login has: the admin runs it.
     consumer = Consumer(
         {
-            "bootstrap.servers": topology.bootstrap_servers,
+            **client_config(topology, KAFKA_ADMIN),
             "group.id": f"{topics.prefix}-naive",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

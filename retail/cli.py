@@ -160,8 +160,9 @@ def produce(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from retail.credentials import KAFKA_PRODUCER
     from retail.generator import StreamGenerator
-    from retail.kafka import Topics, ensure_topics
+    from retail.kafka import Topics, client_config, missing_topics
     from retail.producer import EventProducer, records_from_events, records_from_jsonl
     from retail.topology import current_topology
 
@@ -172,7 +173,14 @@ def produce(
         )
     topology = current_topology()
     topics_ = Topics.from_settings()
-    ensure_topics(topology, topics_)
+    # The producer's login may write the event topics, not create them (the stack does, or
+    # `retail topics` as the admin).
+    missing = missing_topics(client_config(topology, KAFKA_PRODUCER), topics_.events)
+    if missing:
+        raise RetailError(
+            f"topics {', '.join(missing)} do not exist (or the producer may not write them): "
+            "create them with `retail topics`"
+        )
     if replay is not None:
         records = records_from_jsonl(replay, topics_)
         total = None

@@ -13,7 +13,10 @@ running stack) and in a deployment from Airflow's connection store or a secrets 
   (``protocol_version``, ``connect_timeout``, ...): the hook hands them all on.
 - ``retail_kafka``: ``extra`` is the librdkafka config (``bootstrap.servers`` and any client
   property: ``security.protocol``, ``ssl.*``, ``sasl.*``), the format of Airflow's Kafka
-  provider; a login and password are the SASL credentials.
+  provider; a login and password are the SASL credentials. Generated here for the ``ops`` login
+  (the DAGs audit and measure, they never produce or commit): SASL_SSL, SCRAM-SHA-512 and the
+  platform's CA in the extra, the login and password in the connection's own fields, which
+  Airflow masks.
 - ``retail_statsd``: host and port of the StatsD server.
 """
 
@@ -77,10 +80,7 @@ def connections(topology: Topology, settings: Settings | None = None) -> dict[st
         cassandra["extra"]["ssl_options"] = {"ca_certs": options.tls.ca_certs}
     return {
         CASSANDRA_CONN_ID: cassandra,
-        KAFKA_CONN_ID: {
-            "conn_type": "kafka",
-            "extra": {"bootstrap.servers": topology.bootstrap_servers},
-        },
+        KAFKA_CONN_ID: kafka_connection(topology, settings),
         STATSD_CONN_ID: {
             "conn_type": "generic",
             "host": topology.statsd.host,
@@ -107,6 +107,21 @@ def masked(value: Any) -> Any:
     if isinstance(value, list):
         return [masked(v) for v in value]
     return value
+
+
+def kafka_connection(topology: Topology, settings: Settings | None = None) -> dict[str, Any]:
+    """``retail_kafka`` for the ``ops`` login of the platform (its credentials from
+    ``settings``' secrets directory)."""
+    from retail.credentials import KAFKA_OPS, stack_credentials
+    from retail.kafka import client_config
+
+    extra = client_config(topology, KAFKA_OPS, stack_credentials(settings))
+    return {
+        "conn_type": "kafka",
+        "login": extra.pop("sasl.username"),
+        "password": extra.pop("sasl.password"),
+        "extra": extra,
+    }
 
 
 def environment(topology: Topology, settings: Settings | None = None) -> dict[str, str]:

@@ -14,6 +14,7 @@ reason and its origin in headers.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from retail.credentials import KAFKA_ADMIN, KAFKA_OPS, Credentials, stack_credentials
 from retail.errors import RetailError
 from retail.events import Event, InvalidEvent, Order, decode
 from retail.topology import REGIONS, Topology
@@ -220,11 +222,28 @@ def misrouted(topics: Topics, topic: str, header: str | None, region: str, kind:
 
 ClientConfig = Mapping[str, Any]  # librdkafka properties: bootstrap.servers, security.*, sasl.*
 
+SECURITY_PROTOCOL = "SASL_SSL"
+SASL_MECHANISM = "SCRAM-SHA-512"
 
-def client_config(topology: Topology) -> dict[str, Any]:
-    """The librdkafka config that reaches ``topology``'s brokers, as a base for any client (a
-    connection's extra is the same thing in a deployment: credentials and TLS included)."""
-    return {"bootstrap.servers": topology.bootstrap_servers}
+
+def client_config(
+    topology: Topology, user: str, credentials: Credentials | None = None
+) -> dict[str, Any]:
+    """The librdkafka config with which Kafka login ``user`` reaches ``topology``'s brokers:
+    SASL_SSL, SCRAM-SHA-512, the brokers' certificates checked against the platform's CA. The
+    base of every client; each takes the least login it needs (``producer``, ``consumer-<dc>``,
+    ``ops``, ``admin``: :mod:`retail.kafka_acls`). ``credentials``: the platform's
+    (``RETAIL_SECRETS_DIR``, else the local stack's) unless given."""
+    creds = credentials or stack_credentials()
+    login = creds.login("kafka", user)
+    return {
+        "bootstrap.servers": topology.bootstrap_servers,
+        "security.protocol": SECURITY_PROTOCOL,
+        "sasl.mechanism": SASL_MECHANISM,
+        "sasl.username": login.username,
+        "sasl.password": login.password.get_secret_value(),
+        "ssl.ca.location": str(creds.ca_file),
+    }
 
 
 def judge(
@@ -242,9 +261,19 @@ def judge(
     return (None, reason) if reason else (event, None)
 
 
-def ensure_topics(topology: Topology, topics: Topics, timeout: float = 30.0) -> list[str]:
-    """Create the platform's topics if missing; returns the ones created."""
-    admin = AdminClient(client_config(topology))
+def ensure_topics(
+    topology: Topology,
+    topics: Topics,
+    timeout: float = 30.0,
+    *,
+    credentials: Credentials | None = None,
+) -> list[str]:
+    """Create the platform's topics if missing, and the ACLs that let each login use them
+    (:mod:`retail.kafka_acls`), as the admin; returns the topics created. Idempotent: an ACL
+    that exists already is created again as a no-op."""
+    from retail.kafka_acls import bindings
+
+    admin = AdminClient(client_config(topology, KAFKA_ADMIN, credentials))
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
@@ -258,28 +287,84 @@ def ensure_topics(topology: Topology, topics: Topics, timeout: float = 30.0) -> 
         for t in topics.all
         if t not in existing
     ]
-    if not wanted:
-        return []
     created = []
-    for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
+    if wanted:
+        for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
+            try:
+                future.result(timeout=timeout)
+                created.append(name)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise RetailError(f"could not create topic {name}: {exc}") from exc
+        log.info("created topics %s", ", ".join(created))
+    wanted_acls = bindings(topics)
+    for acl, future in admin.create_acls(wanted_acls, request_timeout=timeout).items():
         try:
             future.result(timeout=timeout)
-            created.append(name)
         except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise RetailError(f"could not create topic {name}: {exc}") from exc
-    log.info("created topics %s", ", ".join(created))
+            raise RetailError(f"could not create the ACL {acl}: {exc}") from exc
+    _wait_for_acls(admin, wanted_acls, timeout)
     return created
+
+
+def _wait_for_acls(admin: AdminClient, wanted: list[Any], timeout: float) -> None:
+    """Return once a broker applies ``wanted``: the controller acknowledges new ACLs before the
+    brokers have replayed them from the metadata log, and a client that uses them at once
+    (a producer right after ``ensure_topics``) is refused with no retry."""
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    every = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        None,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        applied = set(admin.describe_acls(every, request_timeout=timeout).result(timeout))
+        missing = [acl for acl in wanted if acl not in applied]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RetailError(
+                f"{len(missing)} ACLs not applied within {timeout:.0f}s, e.g. {missing[0]}"
+            )
+        time.sleep(0.2)
+
+
+def missing_topics(client: ClientConfig, names: list[str], timeout: float = 10.0) -> list[str]:
+    """Which of ``names`` the login of ``client`` cannot see (absent, or not its to see):
+    what a client that may not create topics waits for."""
+    admin = AdminClient(dict(client))
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise RetailError(
+            f"Kafka at {client.get('bootstrap.servers')} did not answer within {timeout:.0f}s "
+            f"({exc}); is it up? (`retail stack status`)"
+        ) from exc
+    return [n for n in names if n not in existing]
 
 
 def group_lag(
     topology: Topology, topics: list[str], group: str, partitions: int, timeout: float = 10.0
 ) -> int:
     """Messages on ``topics`` (each with ``partitions`` partitions) that ``group`` has not
-    committed yet."""
+    committed yet, read as ``ops`` (which may read a group's offsets, not move them)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**client_config(topology), "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(
+        {**client_config(topology, KAFKA_OPS), "group.id": group, "enable.auto.commit": False}
+    )
     try:
         parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         total = 0

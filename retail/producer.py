@@ -13,9 +13,10 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+from retail.credentials import KAFKA_PRODUCER
 from retail.errors import RetailError
 from retail.events import Event, Order, encode
-from retail.kafka import REGION_HEADER, Topics
+from retail.kafka import REGION_HEADER, Topics, client_config
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,12 @@ def records_from_jsonl(path: Path, topics: Topics) -> Iterator[Record]:
 
 
 class EventProducer:
-    """An idempotent producer (acks=all): a retried send is never written twice by Kafka."""
+    """An idempotent producer (acks=all): a retried send is never written twice by Kafka. It
+    sends as the ``producer`` login, which may write the event topics and nothing else."""
 
     def __init__(self, topology: Topology, **overrides: object) -> None:
         conf: dict[str, object] = {
-            "bootstrap.servers": topology.bootstrap_servers,
+            **client_config(topology, KAFKA_PRODUCER),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 10,

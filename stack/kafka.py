@@ -3,6 +3,12 @@
 A broker's storage is formatted once (``kafka.tools.StorageTool format``) with the cluster id
 kept in the stack directory; a single broker uses a dynamic quorum (``--standalone``), three
 brokers a static voter set.
+
+Secure by default: clients and the brokers themselves connect over SASL_SSL with SCRAM-SHA-512
+(the brokers as the admin), the controllers over mutual TLS with the brokers' certificates; the
+StandardAuthorizer denies whatever no ACL allows. Every Kafka login's SCRAM credential is written
+into the metadata log at the format step (KIP-900), so the brokers can authenticate each other
+from their first start.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from retail import credentials as cred
 from retail.topology import KafkaBroker, Topology
+from stack import secrets
 from stack.errors import ComponentError
 from stack.fetch import Artifacts
 from stack.process import ManagedProcess
@@ -47,11 +55,25 @@ def cluster_id(stack_dir: Path) -> str:
     return path.read_text().strip()
 
 
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+
+def super_users(topology: Topology) -> list[str]:
+    """The principals the authorizer lets do anything: the admin (the inter-broker login over
+    SASL) and every broker's certificate subject (what a controller sees over mutual TLS)."""
+    return [
+        f"User:{cred.KAFKA_ADMIN}",
+        *(f"User:{secrets.tls_subject(b.name)}" for b in topology.brokers),
+    ]
+
+
 def write_config(stack_dir: Path, topology: Topology, broker: KafkaBroker) -> Path:
-    """Render server.properties and the log4j2 config; returns the broker's home."""
+    """Render server.properties (mode 0600: it holds the admin's password) and the log4j2
+    config; returns the broker's home. The stack's secrets must exist (``secrets.ensure``)."""
     home = broker_home(stack_dir, broker)
     for sub in ("data", "logs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    creds = _credentials(stack_dir)
     brokers = topology.brokers
     if len(brokers) == 1:
         quorum = f"controller.quorum.bootstrap.servers={broker.address}:{broker.controller_port}"
@@ -68,10 +90,84 @@ def write_config(stack_dir: Path, topology: Topology, broker: KafkaBroker) -> Pa
         home=home,
         replication=replication,
         min_isr=max(1, replication - 1),
+        admin_user=cred.KAFKA_ADMIN,
+        admin_password=creds.login("kafka", cred.KAFKA_ADMIN).password.get_secret_value(),
+        server_pem=secrets.server_pem(stack_dir, broker.name),
+        ca_file=creds.ca_file,
+        super_users=";".join(super_users(topology)),
     )
-    (home / "server.properties").write_text(props)
+    secrets.write_private(home / "server.properties", props.encode())
     (home / "log4j2.properties").write_text((TEMPLATES / "kafka-log4j2.properties").read_text())
     return home
+
+
+def _credentials(stack_dir: Path) -> cred.Credentials:
+    return cred.Credentials.load(secrets.secrets_dir(stack_dir))
+
+
+def scram_arguments(stack_dir: Path, topology: Topology) -> str:
+    """The format step's ``--add-scram`` options, one SCRAM credential per Kafka login, as the
+    lines of an argument file: the tool reads ``@FILE`` (argparse4j's file prefix), so no
+    password is ever on a command line that ``ps`` shows."""
+    creds = _credentials(stack_dir)
+    lines = []
+    for user in secrets.wanted_logins(topology)["kafka"]:
+        password = creds.login("kafka", user).password.get_secret_value()
+        lines += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def admin_config(stack_dir: Path, topology: Topology) -> dict[str, object]:
+    """The client config of the admin login: the stack's own, for its probes and set-up."""
+    from retail.kafka import client_config
+
+    return client_config(topology, cred.KAFKA_ADMIN, _credentials(stack_dir))
+
+
+def secure(stack_dir: Path, topology: Topology) -> None:
+    """Once the brokers answer: give every Kafka login its SCRAM credential if the metadata has
+    none yet (a login made after the format step, e.g. a DC added later), then create the
+    platform's topics and their ACLs (:func:`retail.kafka.ensure_topics`). Idempotent."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    from retail.kafka import Topics, ensure_topics
+
+    creds = _credentials(stack_dir)
+    admin = AdminClient(admin_config(stack_dir, topology))
+    users = secrets.wanted_logins(topology)["kafka"]
+    have = {
+        user
+        for user, future in admin.describe_user_scram_credentials(users).items()
+        if _described(future)
+    }
+    missing = [u for u in users if u not in have]
+    if missing:
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
+        upserts = [
+            UserScramCredentialUpsertion(
+                u, info, creds.login("kafka", u).password.get_secret_value().encode()
+            )
+            for u in missing
+        ]
+        for future in admin.alter_user_scram_credentials(upserts).values():
+            future.result(timeout=30)
+    ensure_topics(topology, Topics.from_settings(), credentials=creds)
+
+
+def _described(future: object) -> bool:
+    """Whether a user's SCRAM description came back (it fails for a user without any)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        future.result(timeout=30)  # type: ignore[attr-defined]
+    except KafkaException:
+        return False
+    return True
 
 
 def _jvm(home: Path, heap_mb: int) -> list[str]:
@@ -110,9 +206,18 @@ def format_storage(
     ]
     if len(topology.brokers) == 1:
         argv.append("--standalone")
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    args_file = home / ".format-scram-args"
+    secrets.write_private(args_file, scram_arguments(stack_dir, topology).encode())
+    try:
+        done = subprocess.run([*argv, f"@{args_file}"], capture_output=True, text=True, check=False)
+    finally:
+        args_file.unlink(missing_ok=True)
     if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip()
+        # Its output lists the SCRAM records it would write (salted keys, no passwords): keep
+        # the reason only.
+        output = "\n".join(
+            line for line in (done.stdout + done.stderr).splitlines() if "Scram" not in line
+        ).strip()
         # The tool's last line says why (a test's traceback shows only the message).
         last = output.splitlines()[-1] if output else f"exit code {done.returncode}"
         raise ComponentError(broker.name, f"formatting its storage failed: {last}", output[-3000:])

@@ -213,8 +213,7 @@ class LocalStack:
             (p.name, "airflow", p) for p in AirflowServers(topology, self.dir).processes()
         ]
 
-    @staticmethod
-    def _kafka_probe(topology: Topology, broker: KafkaBroker) -> Probe:
+    def _kafka_probe(self, topology: Topology, broker: KafkaBroker) -> Probe:
         def probe() -> str | None:
             if not port_open(broker.address, broker.port):
                 return f"waiting for port {broker.port}"
@@ -222,6 +221,7 @@ class LocalStack:
 
             admin = AdminClient(
                 {
+                    **kafka.admin_config(self.dir, topology),
                     "bootstrap.servers": broker.bootstrap,
                     "logger": logging.getLogger("stack.kafka.client"),
                 }
@@ -311,11 +311,23 @@ class LocalStack:
         comps = self.components(topology)
         to_start = [c for c in comps if not c.process.alive()]
         self._check_ports_free(to_start)
+        # The servers first; the supervised services once Cassandra has its roles and Kafka its
+        # logins, topics and ACLs, which their least-privileged logins cannot create themselves.
+        servers = [c for c in comps if c.kind != "supervisor"]
+        started = time.monotonic()
         for comp in to_start:
-            self._prepare(topology, comp)
-            comp.process.start()
-        self._wait_ready(comps, timeout, reporter)
+            if comp.kind != "supervisor":
+                self._prepare(topology, comp)
+                comp.process.start()
+        self._wait_ready(servers, timeout, reporter)
         access.secure(topology, creds)
+        if any(c.kind == "kafka" for c in to_start):
+            kafka.secure(self.dir, topology)
+        rest = [c for c in comps if c.kind == "supervisor"]
+        for comp in rest:
+            if comp in to_start:
+                comp.process.start()
+        self._wait_ready(rest, max(timeout - (time.monotonic() - started), 30.0), reporter)
         return topology
 
     @staticmethod

@@ -251,3 +251,9 @@ def _read_env(path: Path) -> dict[str, str]:
         if line and not line.startswith("#") and "=" in line
     )
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def tls_subject(name: str) -> str:
+    """The subject of server ``name``'s certificate as Kafka and Cassandra name a TLS peer
+    (RFC 4514, most specific first): ``CN=kafka-1,O=retail-platform local stack``."""
+    return _name(name).rfc4514_string()

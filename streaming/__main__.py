@@ -28,9 +28,9 @@ from confluent_kafka import Consumer, Producer
 
 from retail import logs
 from retail.cassandra import connect, read_level_for
-from retail.credentials import CASSANDRA_CONSUMER
+from retail.credentials import CASSANDRA_CONSUMER, kafka_consumer
 from retail.errors import RetailError
-from retail.kafka import Topics, ensure_topics, group_name
+from retail.kafka import Topics, client_config, group_name, missing_topics
 from retail.metrics import StatsdMetrics
 from retail.rows import KEYSPACE, TABLES
 from retail.settings import get_settings
@@ -75,6 +75,20 @@ def _schema_ready(cluster: Cluster) -> None:
             f"tables {', '.join(missing)} do not exist yet: run `retail migrate` "
             "(or the schema_migrations DAG)"
         )
+
+
+def _topics_ready(client: dict[str, object], names: list[str]) -> Callable[[], None]:
+    def attempt() -> None:
+        missing = missing_topics(client, names)
+        if missing:
+            # The consumers' login may not create topics: the stack, or `retail topics` run by
+            # an operator, creates them (and their ACLs) as the admin.
+            raise NotReady(
+                f"topics {', '.join(missing)} do not exist or are not readable by this login: "
+                "create them with `retail topics`"
+            )
+
+    return attempt
 
 
 def _cassandra(
@@ -139,10 +153,13 @@ def main(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # The region's own Kafka login: it reads the region's topics, commits its group's offsets
+    # and writes dead letters, nothing else (retail/kafka_acls.py).
+    client = client_config(topology, kafka_consumer(region))
     try:
         wait_for(
             f"Kafka at {topology.bootstrap_servers}",
-            lambda: ensure_topics(topology, topics, 10),
+            _topics_ready(client, [*topics.read_by(region), topics.deadletter]),
             stop,
         )
         cluster, session = wait_for(
@@ -157,7 +174,7 @@ def main(
     group_id = group or group_name(topics.prefix, region)
     consumer = Consumer(
         {
-            "bootstrap.servers": topology.bootstrap_servers,
+            **client,
             "group.id": group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -181,7 +198,7 @@ def main(
     )
     producer = Producer(
         {
-            "bootstrap.servers": topology.bootstrap_servers,
+            **client,
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,

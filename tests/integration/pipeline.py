@@ -13,13 +13,22 @@ from pathlib import Path
 
 from cassandra import OperationTimedOut
 from cassandra.cluster import NoHostAvailable, Session
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from retail.cassandra import connect
-from retail.credentials import CASSANDRA_OPS
+from retail.credentials import CASSANDRA_OPS, KAFKA_ADMIN, KAFKA_OPS
 from retail.events import Event, InventoryMovement, Order
 from retail.generator import StreamGenerator
-from retail.kafka import Topics, ensure_topics, group_lag, group_name, region_lag
+from retail.kafka import (
+    AUDIT_GROUP,
+    Topics,
+    client_config,
+    ensure_topics,
+    group_lag,
+    group_name,
+    region_lag,
+)
 from retail.producer import EventProducer, Record, records_from_events
 from retail.rows import TABLES, stock_level
 from retail.topology import Topology
@@ -105,16 +114,34 @@ class PipelineRun:
         self.consumers.clear()
         return codes
 
+    def rewind(self, region: str) -> None:
+        """Move the region's group back to offset 0 on every topic it reads, as an operator
+        replays: the admin alters the offsets of the group (stopped: no member may be in it)."""
+        admin = AdminClient(client_config(self.topology, KAFKA_ADMIN))
+        parts = [
+            TopicPartition(t, p, 0)
+            for t in self.topics.read_by(region)
+            for p in range(self.topics.partitions)
+        ]
+        request = ConsumerGroupTopicPartitions(self.group(region), parts)
+        for future in admin.alter_consumer_group_offsets([request]).values():
+            future.result(timeout=30)
+
     def dead_letters(self, expected: int, timeout: float = 30) -> list:
+        """The dead letters, read as the audit reads them (the ops login, assign() only)."""
         c = Consumer(
             {
-                "bootstrap.servers": self.topology.bootstrap_servers,
-                "group.id": f"{self.prefix}-dlq-reader",
-                "auto.offset.reset": "earliest",
+                **client_config(self.topology, KAFKA_OPS),
+                "group.id": AUDIT_GROUP,
                 "enable.auto.commit": False,
             }
         )
-        c.subscribe([self.topics.deadletter])
+        c.assign(
+            [
+                TopicPartition(self.topics.deadletter, p, OFFSET_BEGINNING)
+                for p in range(self.topics.partitions)
+            ]
+        )
         got: list = []
         deadline = time.monotonic() + timeout
         try:

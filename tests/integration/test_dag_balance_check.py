@@ -9,9 +9,10 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from retail.credentials import KAFKA_OPS
 from retail.events import Order
 from retail.generator import StreamGenerator
-from retail.kafka import Topics, ensure_topics
+from retail.kafka import BALANCE_GROUP, Topics, client_config, ensure_topics
 from retail.producer import EventProducer, records_from_events
 from retail.topology import Topology
 from tests.integration import prom
@@ -42,7 +43,8 @@ def hot_stream(topology: Topology) -> tuple[Topics, str, str, int]:
 
 def partition_of(topology: Topology, topic: str, key: str, partitions: int) -> int:
     """Where Kafka put ``key``'s messages, read back from the topic itself."""
-    c = Consumer({"bootstrap.servers": topology.bootstrap_servers, "group.id": "unused"})
+    # As the balance check reads: the ops login, in its group (assign() only, never joined).
+    c = Consumer({**client_config(topology, KAFKA_OPS), "group.id": BALANCE_GROUP})
     try:
         for p in range(partitions):
             low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)

@@ -14,10 +14,10 @@ from cassandra.query import SimpleStatement
 from confluent_kafka import Producer
 
 from retail.cassandra import connect
-from retail.credentials import CASSANDRA_OPS
+from retail.credentials import CASSANDRA_OPS, KAFKA_PRODUCER
 from retail.events import Order, encode
 from retail.generator import StreamGenerator
-from retail.kafka import REGION_HEADER
+from retail.kafka import REGION_HEADER, client_config
 from retail.producer import Record
 from retail.topology import Topology
 from tests.integration import prom
@@ -51,7 +51,7 @@ def consumed(
             for e in StreamGenerator(seed=24, stores_per_region=4, start=gen_start).events(50)
             if isinstance(e, Order)
         )
-        producer = Producer({"bootstrap.servers": topology.bootstrap_servers})
+        producer = Producer(client_config(topology, KAFKA_PRODUCER))
         producer.produce(
             run.topics.orders(skewed.region),
             key=skewed.store_id.encode(),

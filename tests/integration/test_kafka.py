@@ -8,6 +8,8 @@ from collections import defaultdict
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from retail.credentials import KAFKA_ADMIN
+from retail.kafka import client_config
 from retail.topology import Topology
 
 PARTITIONS = 6
@@ -17,7 +19,9 @@ def test_keyed_messages_round_trip_and_a_key_always_lands_in_one_partition(
     topology: Topology,
 ) -> None:
     topic = f"it-keys-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": topology.bootstrap_servers})
+    # A topic of its own, outside the platform's ACLs: the admin creates, writes and reads it.
+    client = client_config(topology, KAFKA_ADMIN)
+    admin = AdminClient(client)
     admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[
         topic
     ].result(timeout=30)
@@ -31,16 +35,14 @@ def test_keyed_messages_round_trip_and_a_key_always_lands_in_one_partition(
         assert err is None, err
         delivered[msg.key().decode()].add(msg.partition())
 
-    producer = Producer(
-        {"bootstrap.servers": topology.bootstrap_servers, "acks": "all", "enable.idempotence": True}
-    )
+    producer = Producer({**client, "acks": "all", "enable.idempotence": True})
     for key, value in sorted(sent, key=lambda kv: int(kv[1].split(":")[1])):
         producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
     assert producer.flush(30) == 0
 
     consumer = Consumer(
         {
-            "bootstrap.servers": topology.bootstrap_servers,
+            **client,
             "group.id": f"it-{topic}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

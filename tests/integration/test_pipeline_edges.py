@@ -15,12 +15,14 @@ import msgspec
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
+from retail.credentials import KAFKA_ADMIN, kafka_consumer
 from retail.events import encode
 from retail.kafka import (
     DLQ_PAYLOAD_OMITTED,
     DLQ_PAYLOAD_OMITTED_TEXT,
     DLQ_PAYLOAD_SIZE,
     DLQ_REASON,
+    client_config,
     dead_letter_origin,
     header,
 )
@@ -69,7 +71,7 @@ def test_a_rebalance_while_backing_off_loses_and_stalls_nothing(
         mark = log_size(a)
         b = Consumer(
             {
-                "bootstrap.servers": topology.bootstrap_servers,
+                **client_config(topology, kafka_consumer(region)),
                 "group.id": run.group(region),
                 "partition.assignment.strategy": "cooperative-sticky",
                 "enable.auto.commit": False,
@@ -182,7 +184,7 @@ def test_a_message_whose_header_lies_is_dead_lettered(run: PipelineRun) -> None:
 
 def _set_dead_letter_limit(run: PipelineRun, max_bytes: int) -> None:
     """The largest message the dead-letter topic takes (the broker refuses bigger ones)."""
-    admin = AdminClient({"bootstrap.servers": run.topology.bootstrap_servers})
+    admin = AdminClient(client_config(run.topology, KAFKA_ADMIN))
     entry = ConfigEntry(
         "max.message.bytes", str(max_bytes), incremental_operation=AlterConfigOpType.SET
     )

@@ -17,7 +17,9 @@ from cassandra.auth import PlainTextAuthProvider
 
 from retail.cassandra import CLUSTER_ARGS, ClientOptions, cluster_for
 from retail.connections import CASSANDRA_CONN_ID, KAFKA_CONN_ID, connections
+from retail.credentials import KAFKA_OPS, Credentials
 from retail.errors import ConfigError
+from retail.kafka import client_config
 from retail.settings import Settings
 from retail.topology import profile_topology
 from retail_airflow.hooks import (
@@ -26,10 +28,25 @@ from retail_airflow.hooks import (
     cassandra_options,
     kafka_config,
 )
+from stack import secrets
 
 TOPOLOGY = profile_topology("test")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 NO_SECRETS = Path("/nonexistent/retail-secrets")
+
+
+@pytest.fixture(scope="module")
+def stack_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The logins and CA of a stack, generated as `retail stack up` does."""
+    stack_dir = tmp_path_factory.mktemp("stack")
+    secrets.ensure(stack_dir, TOPOLOGY)
+    return secrets.secrets_dir(stack_dir)
+
+
+@pytest.fixture(autouse=True)
+def _secrets_env(stack_secrets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The generated connections carry the Kafka login of the platform they point at.
+    monkeypatch.setenv("RETAIL_SECRETS_DIR", str(stack_secrets))
 
 
 def conn(conn_id: str, **fields: Any) -> Connection:
@@ -147,7 +164,7 @@ def test_the_options_allowed_in_the_extra_are_arguments_of_the_drivers_cluster()
 # --- Kafka ---------------------------------------------------------------------------------------
 
 
-def test_the_whole_extra_is_the_kafka_client_config() -> None:
+def test_the_whole_extra_is_the_kafka_client_config(stack_secrets: Path) -> None:
     extra = {
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-256",
@@ -159,9 +176,22 @@ def test_the_whole_extra_is_the_kafka_client_config() -> None:
     }
     assert kafka_config(kafka(extra)) == {"bootstrap.servers": "k1:9092,k2:9092", **extra}
     generated = connections(TOPOLOGY, Settings())[KAFKA_CONN_ID]
-    assert kafka_config(conn(KAFKA_CONN_ID, **generated)) == {
-        "bootstrap.servers": TOPOLOGY.bootstrap_servers
-    }
+    assert kafka_config(conn(KAFKA_CONN_ID, **generated)) == client_config(
+        TOPOLOGY, KAFKA_OPS, Credentials.load(stack_secrets)
+    )
+
+
+def test_the_generated_kafka_connection_is_the_ops_login_its_password_in_the_masked_field(
+    stack_secrets: Path,
+) -> None:
+    generated = connections(TOPOLOGY, Settings())[KAFKA_CONN_ID]
+    password = Credentials.load(stack_secrets).login("kafka", KAFKA_OPS).password
+    assert generated["login"] == KAFKA_OPS
+    assert generated["password"] == password.get_secret_value()
+    # Airflow masks a connection's password field; the extra holds no secret.
+    assert password.get_secret_value() not in json.dumps(generated["extra"])
+    assert generated["extra"]["security.protocol"] == "SASL_SSL"
+    assert generated["extra"]["ssl.ca.location"] == str(stack_secrets / "ca.pem")
 
 
 def test_login_and_password_are_the_sasl_credentials() -> None:

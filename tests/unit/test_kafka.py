@@ -3,7 +3,12 @@ the consumers refuse as misrouted."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from retail import kafka
+from retail.errors import ConfigError
 from retail.kafka import (
     Topics,
     dead_letter_headers,
@@ -120,3 +125,24 @@ def test_a_dead_letter_says_why_and_where_it_came_from() -> None:
         )
         is None
     )
+
+
+def test_every_client_connects_with_scram_over_tls_as_its_own_login(tmp_path: Path) -> None:
+    from retail.credentials import kafka_consumer
+    from retail.topology import profile_topology
+    from stack import secrets
+
+    topo = profile_topology("test", brokers=3)
+    creds = secrets.ensure(tmp_path, topo)
+    config = kafka.client_config(topo, kafka_consumer("eu-west"), creds)
+    password = creds.login("kafka", "consumer-eu-west").password.get_secret_value()
+    assert config == {
+        "bootstrap.servers": "127.0.10.1:9092,127.0.10.2:9092,127.0.10.3:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "consumer-eu-west",
+        "sasl.password": password,
+        "ssl.ca.location": str(tmp_path / "secrets" / "ca.pem"),
+    }
+    with pytest.raises(ConfigError, match="no kafka login 'nobody'"):
+        kafka.client_config(topo, "nobody", creds)

@@ -4,6 +4,7 @@ checked by the servers' own tools (promtool, amtool, statsd_exporter --check-con
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ from retail.connections import (
 from retail.credentials import CASSANDRA_OPS
 from retail.settings import get_settings
 from retail.topology import profile_topology
-from stack import cassandra, kafka
+from stack import cassandra, kafka, secrets
 from stack.fetch import Artifacts
 from stack.monitoring import MONITORING, scrape_targets
 
@@ -48,10 +49,51 @@ def test_cassandra_yaml_is_rendered_from_the_topology(tmp_path: Path) -> None:
 )
 def test_kafka_properties_pick_the_quorum_mode(tmp_path: Path, brokers: int, quorum: str) -> None:
     topo = profile_topology("test", brokers=brokers)
+    secrets.ensure(tmp_path, topo)
     home = kafka.write_config(tmp_path, topo, topo.brokers[0])
     props = (home / "server.properties").read_text()
     assert quorum in props.splitlines()
     assert f"offsets.topic.replication.factor={brokers}" in props
+
+
+def test_kafka_is_secure_by_default_and_its_config_is_private(tmp_path: Path) -> None:
+    topo = profile_topology("test", brokers=3)
+    creds = secrets.ensure(tmp_path, topo)
+    broker = topo.brokers[1]
+    home = kafka.write_config(tmp_path, topo, broker)
+    path = home / "server.properties"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds the admin's password
+    props = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line[:80])
+    assert props["listener.security.protocol.map"] == "CLIENT:SASL_SSL,CONTROLLER:SSL"
+    assert props["listeners"] == "CLIENT://127.0.10.2:9092,CONTROLLER://127.0.10.2:9093"
+    assert props["advertised.listeners"] == "CLIENT://127.0.10.2:9092"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["ssl.keystore.location"] == str(secrets.server_pem(tmp_path, broker.name))
+    assert props["ssl.truststore.location"] == str(creds.ca_file)
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert props["super.users"].split(";") == [
+        "User:admin",
+        *(f"User:CN=kafka-{i},O=retail-platform local stack" for i in (1, 2, 3)),
+    ]
+    assert "allow.everyone.if.no.acl.found" not in props
+    jaas = props["listener.name.client.scram-sha-512.sasl.jaas.config"]
+    assert 'username="admin"' in jaas
+    assert creds.login("kafka", "admin").password.get_secret_value() in jaas
+
+
+def test_the_format_step_adds_every_kafka_login_from_a_private_file_not_the_command_line(
+    tmp_path: Path,
+) -> None:
+    topo = profile_topology("demo")
+    creds = secrets.ensure(tmp_path, topo)
+    lines = kafka.scram_arguments(tmp_path, topo).splitlines()
+    users = secrets.wanted_logins(topo)["kafka"]
+    assert lines[0::2] == ["--add-scram"] * len(users)
+    assert lines[1::2] == [
+        f"SCRAM-SHA-512=[name={u},password={creds.login('kafka', u).password.get_secret_value()}]"
+        for u in users
+    ]
 
 
 def test_new_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,10 +111,12 @@ def test_storage_formats_whatever_the_cluster_id_starts_with(
     broker = topo.brokers[0]
     (tmp_path / "kafka").mkdir()
     (tmp_path / "kafka" / "cluster-id").write_text("-46zcumXTZK8RBbW88U_PA")
+    secrets.ensure(tmp_path, topo)
     home = kafka.write_config(tmp_path, topo, broker)
     kafka.format_storage(tmp_path, topo, broker, artifacts)
     meta = (home / "data" / "meta.properties").read_text().splitlines()
     assert "cluster.id=-46zcumXTZK8RBbW88U_PA" in meta
+    assert not (home / ".format-scram-args").exists()  # the passwords' file is gone
 
 
 def test_scrape_targets_label_every_node_with_its_dc() -> None:
