@@ -115,7 +115,12 @@ def kafka_connection(topology: Topology, settings: Settings | None = None) -> di
     from retail.credentials import KAFKA_OPS, stack_credentials
     from retail.kafka import client_config
 
-    extra = client_config(topology, KAFKA_OPS, stack_credentials(settings))
+    try:
+        extra = client_config(topology, KAFKA_OPS, stack_credentials(settings))
+    except ConfigError as exc:
+        # As for Cassandra: before the platform's credentials exist, no login.
+        log.debug("%s: the Kafka connection carries no login", exc)
+        return {"conn_type": "kafka", "extra": {"bootstrap.servers": topology.bootstrap_servers}}
     return {
         "conn_type": "kafka",
         "login": extra.pop("sasl.username"),
