@@ -13,6 +13,7 @@ import datetime
 import ipaddress
 import json
 import logging
+import os
 import secrets
 from pathlib import Path
 
@@ -160,6 +161,16 @@ def _ensure_server_cert(
     if path.exists():
         return
     path.parent.mkdir(mode=0o700, exist_ok=True)
+    write_private(path, _server_key_and_cert(name, _alt_names(name, address), ca_key, ca_cert))
+
+
+def _server_key_and_cert(
+    name: str,
+    alt_names: list[x509.GeneralName],
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+) -> bytes:
+    """A new key for server ``name`` and its certificate from the CA (PEM, key first)."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         _validity(x509.CertificateBuilder())
@@ -170,7 +181,7 @@ def _ensure_server_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             # The address clients dial is the name checked: every server listens on its own.
-            x509.SubjectAlternativeName(_alt_names(name, address)),
+            x509.SubjectAlternativeName(alt_names),
             critical=False,
         )
         .add_extension(
@@ -185,7 +196,7 @@ def _ensure_server_cert(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    write_private(path, _pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM))
+    return _pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _alt_names(name: str, address: str) -> list[x509.GeneralName]:
@@ -223,6 +234,7 @@ def compose_variables(creds: cred.Credentials) -> dict[str, str]:
     return {
         "CASSANDRA_CONSUMER_PASSWORD": password("cassandra", cred.CASSANDRA_CONSUMER),
         "CASSANDRA_OPS_PASSWORD": password("cassandra", cred.CASSANDRA_OPS),
+        "KAFKA_OPS_PASSWORD": password("kafka", cred.KAFKA_OPS),
         "JOLOKIA_PASSWORD": password("jolokia", cred.JOLOKIA_USER),
         **{f"AIRFLOW_{u.upper()}_PASSWORD": password("airflow", u) for u in cred.AIRFLOW_USERS},
     }
@@ -241,7 +253,58 @@ def compose(directory: Path, topology: Topology) -> cred.Credentials:
     for name in _read_env(COMPOSE_EXAMPLE):
         values.setdefault(name, secrets.token_urlsafe(18))
     write_private(path, "".join(f"{k}={v}\n" for k, v in sorted(values.items())).encode())
+    _compose_kafka_files(directory, creds, topology)
     return creds
+
+
+COMPOSE_KAFKA_DIR = "kafka"
+# The names the broker is dialled by in Compose: its service, its network alias, and the port
+# published on the host.
+COMPOSE_BROKER_NAMES = ("kafka",)
+COMPOSE_BROKER_ADDRESSES = ("127.0.0.1",)
+
+
+def _compose_kafka_files(directory: Path, creds: cred.Credentials, topology: Topology) -> None:
+    """The files docker/compose.yaml mounts as Docker secrets into the Kafka broker and each
+    consumer: containers that run as users of their own, so each file is created readable
+    (0644) by its open call, inside a directory only its owner on the host can enter (0700)."""
+    out = directory / COMPOSE_KAFKA_DIR
+    out.mkdir(mode=0o700, exist_ok=True)
+    logins = {
+        user: creds.login("kafka", user).password.get_secret_value()
+        for user in wanted_logins(topology)["kafka"]
+    }
+    broker = topology.brokers[0]
+    files = {
+        "ca.pem": creds.ca_file.read_bytes(),
+        "admin-password": logins[cred.KAFKA_ADMIN].encode(),
+        "scram-args": "".join(
+            f"--add-scram\nSCRAM-SHA-512=[name={u},password={p}]\n" for u, p in logins.items()
+        ).encode(),
+        **{
+            f"{cred.kafka_consumer(dc.name)}.json": json.dumps(
+                {"kafka": {cred.kafka_consumer(dc.name): logins[cred.kafka_consumer(dc.name)]}}
+            ).encode()
+            for dc in topology.datacenters
+        },
+    }
+    if not (out / f"{broker.name}.pem").exists():
+        ca_key, ca_cert = _ensure_ca(directory)
+        names: list[x509.GeneralName] = [
+            x509.DNSName(n) for n in (broker.address, *COMPOSE_BROKER_NAMES)
+        ] + [x509.IPAddress(ipaddress.ip_address(a)) for a in COMPOSE_BROKER_ADDRESSES]
+        files[f"{broker.name}.pem"] = _server_key_and_cert(broker.name, names, ca_key, ca_cert)
+    for name, data in files.items():
+        _write_readable(out / name, data)
+
+
+def _write_readable(path: Path, data: bytes) -> None:
+    # As write_private, but 0644: for a file a container's own user must read.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
 
 
 def _read_env(path: Path) -> dict[str, str]:
