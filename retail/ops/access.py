@@ -31,6 +31,7 @@ from retail.migrations import OPS_KEYSPACE
 from retail.ops.replication import SYSTEM_KEYSPACES, live_replication, normalize
 from retail.roles import KEYSPACE_GRANTS, ROLE_GRANTS
 from retail.rows import KEYSPACE
+from retail.settings import get_settings
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,12 @@ def _quiet_driver() -> Iterator[None]:
 
 def _options(creds: cred.Credentials, username: str, password: str | None = None) -> ClientOptions:
     secret = SecretStr(password) if password else creds.login("cassandra", username).password
-    return ClientOptions(username, secret, TlsOptions(ca_certs=str(creds.ca_file)))
+    # As every client: the CA always, the node's name unless the deployment says it cannot be
+    # named (Compose: RETAIL_CASSANDRA_TLS_CHECK_HOSTNAME=false).
+    check = get_settings().cassandra_tls_check_hostname
+    return ClientOptions(
+        username, secret, TlsOptions(ca_certs=str(creds.ca_file), check_hostname=check)
+    )
 
 
 def secure(
