@@ -180,10 +180,9 @@ def _check_logins_everywhere(session: Session, topology: Topology) -> None:
 
 
 def _ensure_roles(session: Session, creds: cred.Credentials) -> None:
-    for role in cred.CASSANDRA_ROLES:
+    # The admin logged in with its own: only the others are made here.
+    for role in (r for r in cred.CASSANDRA_ROLES if r != cred.CASSANDRA_ADMIN):
         password = creds.login("cassandra", role).password.get_secret_value()
-        if role == cred.CASSANDRA_ADMIN:
-            continue
         session.execute(
             f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s", [password]
         )
