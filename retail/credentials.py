@@ -57,12 +57,13 @@ def kafka_consumer(dc: str) -> str:
     return f"consumer-{dc}"
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to a new file only its owner can read, replacing ``path`` atomically: the
-    file is created 0600 by the open call (``O_EXCL``), never readable by others in the moment
-    before a chmod. (``stack.secrets.write_private`` is this one.)"""
+    file is created with ``mode`` by the open call (``O_EXCL``), never readable by others in the
+    moment before a chmod. (``stack.secrets.write_private`` is this one; ``mode`` 0644 only for
+    a file a container's own user must read, such as a certificate.)"""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     os.replace(tmp, path)

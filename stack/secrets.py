@@ -13,7 +13,6 @@ import datetime
 import ipaddress
 import json
 import logging
-import os
 import secrets
 from pathlib import Path
 
@@ -295,16 +294,7 @@ def _compose_kafka_files(directory: Path, creds: cred.Credentials, topology: Top
         ] + [x509.IPAddress(ipaddress.ip_address(a)) for a in COMPOSE_BROKER_ADDRESSES]
         files[f"{broker.name}.pem"] = _server_key_and_cert(broker.name, names, ca_key, ca_cert)
     for name, data in files.items():
-        _write_readable(out / name, data)
-
-
-def _write_readable(path: Path, data: bytes) -> None:
-    # As write_private, but 0644: for a file a container's own user must read.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+        write_private(out / name, data, mode=0o644)
 
 
 def _read_env(path: Path) -> dict[str, str]:
