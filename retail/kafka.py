@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from retail.credentials import KAFKA_ADMIN, KAFKA_OPS, Credentials, stack_credentials
@@ -367,13 +367,38 @@ def group_lag(
     )
     try:
         parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                committed = consumer.committed(parts, timeout=timeout)
+                break
+            except KafkaException as exc:
+                # The group's coordinator is still loading or has just moved (a broker that
+                # has just started, or restarted): the client finds it again when asked again.
+                if not _coordinator_moving(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         total = 0
-        for tp in consumer.committed(parts, timeout=timeout):
+        for tp in committed:
             _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
             total += high - max(tp.offset, 0)
         return total
     finally:
         consumer.close()
+
+
+_COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+
+
+def _coordinator_moving(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() in _COORDINATOR_MOVING
 
 
 def region_lag(topology: Topology, topics: Topics, region: str, timeout: float = 10.0) -> int:

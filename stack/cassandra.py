@@ -123,7 +123,7 @@ def node_process(
         # more per node) buys nothing when the tokens are fixed in advance.
         "-Dcassandra.skip_wait_for_gossip_to_settle=0",
         # The default superuser exists at once on a new cluster: the stack replaces it
-        # (stack/cassandra_auth.py) as soon as the nodes are up, not 10 s later.
+        # (retail/ops/access.py) as soon as the nodes are up, not 10 s later.
         "-Dcassandra.superuser_setup_delay_ms=0",
         # system_auth starts on every node (SimpleStrategy, RF = the node count), so that
         # replicating it per DC (retail/ops/access.py) moves no login away from a node.

@@ -5,6 +5,7 @@ Like ccm's tests, the session fails if a server log shows an ERROR that no test 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -134,6 +135,10 @@ def _server_logs(stack: LocalStack, topology: Topology) -> list[Path]:
     ]
 
 
+# The start of a log entry: Cassandra's `LEVEL [thread] ...` or Kafka's `[timestamp] LEVEL ...`.
+_LOG_ENTRY = re.compile(r"^(TRACE|DEBUG|INFO|WARN|ERROR)\s|^\[\d{4}-")
+
+
 def _check_server_logs(offsets: dict[Path, int]) -> None:
     unexpected: list[str] = []
     for path, offset in offsets.items():
@@ -142,10 +147,14 @@ def _check_server_logs(offsets: dict[Path, int]) -> None:
         with path.open("rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")
-        for line in text.splitlines():
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
             is_error = line.startswith("ERROR") or " ERROR " in line[:40]
             if is_error and not any(p.search(line) for p in EXPECTED_ERRORS):
-                unexpected.append(f"{path}: {line[:300]}")
+                # The line and the exception under it (what says why), up to the next entry.
+                cause = list(itertools.takewhile(lambda s: not _LOG_ENTRY.match(s), lines[i + 1 :]))
+                shown = "\n    ".join(s[:300] for s in [line, *cause[:12]])
+                unexpected.append(f"{path}: {shown}")
     assert not unexpected, "unexpected ERROR lines in server logs:\n" + "\n".join(unexpected[:20])
 
 

@@ -3,6 +3,8 @@ real ``python -m streaming`` processes, and checks that recompute everything fro
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -34,6 +36,8 @@ from retail.rows import TABLES, stock_level
 from retail.topology import Topology
 from stack.process import ManagedProcess
 from stack.services import consumer_process
+
+RETAIL = str(Path(sys.executable).with_name("retail"))
 
 
 @dataclass
@@ -206,17 +210,37 @@ class PipelineRun:
             try:
                 self._check_exact(orders, movements)
                 return
-            except (AssertionError, NoHostAvailable, OperationTimedOut):
+            except (AssertionError, NoHostAvailable, OperationTimedOut) as exc:
                 # Not converged yet, or this test's session still reconnecting to a node that
                 # a test restarted (the driver retries with backoff).
                 if time.monotonic() > deadline:
-                    raise
+                    raise AssertionError(f"{exc}\n{self._replication_state()}") from exc
                 time.sleep(2)
+
+    def _replication_state(self) -> str:
+        """What explains DCs that do not converge: each node's view of the schema versions and
+        the hints it still holds (hints go only to a live node with the same schema)."""
+        out = []
+        for node in self.topology.nodes:
+            for command in ("describecluster", "listpendinghints", "tpstats"):
+                done = subprocess.run(
+                    [RETAIL, "stack", "nodetool", node.name, command],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
+                text = done.stdout + done.stderr
+                if command == "tpstats":  # only the dropped messages, its last table
+                    text = text[text.find("Message type") :]
+                out.append(f"--- {node.name}: nodetool {command}\n{text.strip()}")
+        return "\n".join(out)
 
     def _check_exact(self, orders: list[Order], movements: list[InventoryMovement]) -> None:
         want = sorted(o.order_id for o in orders)
         for dc in self.regions:
-            assert sorted(self.order_ids_in(dc)) == want, f"orders differ in {dc}"
+            got = sorted(self.order_ids_in(dc))
+            assert got == want, f"orders differ in {dc}: {_difference(got, want)}"
         s = self.session
         assert _count(s, "orders_by_store_day") == len(orders)
         assert _count(s, "inventory_movements") == len(movements)
@@ -234,6 +258,17 @@ class PipelineRun:
 
     def rollups(self) -> dict[str, dict[tuple, tuple]]:
         return stored_rollups(self.session)
+
+
+def _difference(got: list[str], want: list[str]) -> str:
+    """What a failed comparison of order ids shows: missing, extra and repeated ids."""
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    repeated = len(got) - len(set(got))
+    return (
+        f"{len(got)} rows for {len(want)} orders; {len(missing)} missing {missing[:5]}, "
+        f"{len(extra)} extra {extra[:5]}, {repeated} repeated"
+    )
 
 
 def stream(n: int, seed: int) -> tuple[list[Event], list[Order], list[InventoryMovement]]:

@@ -146,3 +146,16 @@ def test_every_client_connects_with_scram_over_tls_as_its_own_login(tmp_path: Pa
     }
     with pytest.raises(ConfigError, match="no kafka login 'nobody'"):
         kafka.client_config(topo, "nobody", creds)
+
+
+def test_a_coordinator_that_is_loading_or_moving_is_asked_again_other_errors_are_not() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from retail.kafka import _coordinator_moving
+
+    for code in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS):
+        assert _coordinator_moving(KafkaException(KafkaError(code)))
+    assert not _coordinator_moving(
+        KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
+    )
+    assert not _coordinator_moving(KafkaException("no error object"))
