@@ -61,11 +61,13 @@ def _refused(exc: Exception) -> bool:
 
 @contextlib.contextmanager
 def _quiet_driver() -> Iterator[None]:
-    """Mute the driver's warning for each refused connection while a refusal is an expected
-    answer (is this a new cluster?), so that the log shows only what the stack concluded."""
+    """Mute the driver's log of each refused connection (a warning per node, then an ERROR with
+    a traceback: "Control connection failed to connect") while a refusal is an expected answer
+    (is this a new cluster?): the log shows only what the stack concluded, and the exception
+    still reaches the caller."""
     driver = logging.getLogger("cassandra")
     level = driver.level
-    driver.setLevel(logging.ERROR)
+    driver.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
