@@ -4,17 +4,12 @@ the stack's CA or does not speak TLS."""
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cassandra import AuthenticationFailed, Unauthorized
 from cassandra.cluster import Cluster, NoHostAvailable, Session
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from retail.cassandra import ClientOptions, TlsOptions, connect
@@ -25,6 +20,7 @@ from retail.credentials import (
     stack_credentials,
 )
 from retail.topology import Topology
+from tests.integration.tls import foreign_ca
 
 pytestmark = pytest.mark.usefixtures("schema")
 
@@ -100,32 +96,12 @@ def test_the_operations_cannot_make_roles_or_read_the_logins(
         ops.execute("SELECT * FROM system_auth.roles")
 
 
-def _foreign_ca(directory: Path) -> str:
-    """A CA the stack never heard of: what a man in the middle would present its clients."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else's CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime.datetime(2026, 1, 1))
-        .not_valid_after(datetime.datetime(2036, 1, 1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / "foreign-ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return str(path)
-
-
 def test_a_client_that_does_not_trust_the_stacks_ca_cannot_connect(
     topology: Topology, tmp_path: Path
 ) -> None:
     login = stack_credentials().login("cassandra", CASSANDRA_ANALYST)
     options = ClientOptions(
-        login.username, login.password, TlsOptions(ca_certs=_foreign_ca(tmp_path))
+        login.username, login.password, TlsOptions(ca_certs=str(foreign_ca(tmp_path / "ca.pem")))
     )
     with pytest.raises(NoHostAvailable) as refused:
         _session(topology, options)

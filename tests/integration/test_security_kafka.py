@@ -4,7 +4,6 @@ PLAINTEXT broker each of these tests fails)."""
 
 from __future__ import annotations
 
-import datetime
 import socket
 import ssl
 import time
@@ -17,16 +16,13 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from retail.credentials import KAFKA_OPS, KAFKA_PRODUCER, kafka_consumer, stack_credentials
 from retail.kafka import Topics, client_config, ensure_topics
 from retail.topology import Topology
 from stack import secrets
 from stack.local import LocalStack
+from tests.integration.tls import foreign_ca
 
 Config = dict[str, Any]
 
@@ -173,31 +169,11 @@ def test_ops_reads_a_groups_offsets_but_cannot_move_them(
     assert committed(ops, topics.group(us), topics.orders(us)) == before
 
 
-def _foreign_ca(path: Path) -> Path:
-    """A CA certificate of nobody's: what a client trusting the wrong authority holds."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the stack's CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 def test_a_client_that_does_not_trust_the_stacks_ca_cannot_connect(
     topology: Topology, tmp_path: Path
 ) -> None:
     ops = client_config(topology, KAFKA_OPS)
-    assert not can_list_topics({**ops, "ssl.ca.location": str(_foreign_ca(tmp_path / "ca.pem"))})
+    assert not can_list_topics({**ops, "ssl.ca.location": str(foreign_ca(tmp_path / "ca.pem"))})
     assert not can_list_topics({**ops, "ssl.ca.location": "probe"})  # the system's CAs
     assert can_list_topics(ops)
 
