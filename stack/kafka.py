@@ -188,13 +188,27 @@ def _jvm(home: Path, heap_mb: int) -> list[str]:
     ]
 
 
+# Written once the storage is formatted with the logins' SCRAM credentials.
+SCRAM_FORMATTED = "formatted-with-scram"
+
+
 def format_storage(
     stack_dir: Path, topology: Topology, broker: KafkaBroker, artifacts: Artifacts
 ) -> None:
-    """Format the broker's log dir once; a formatted dir is left alone."""
+    """Format the broker's log dir once, with every login's SCRAM credential; a dir formatted
+    so is left alone, one formatted without them (a stack from before Kafka's logins, where no
+    client could ever authenticate) is refused with what to do."""
     home = broker_home(stack_dir, broker)
+    marker = home / SCRAM_FORMATTED
     if (home / "data" / "meta.properties").exists():
-        return
+        if marker.exists():
+            return
+        raise ComponentError(
+            broker.name,
+            "its storage was formatted before Kafka had logins (SASL/SCRAM), so no client can "
+            "authenticate to it. Start a new stack with `retail stack up --fresh` (the stack's "
+            "Kafka and Cassandra data are lost), or `retail stack down --purge` first.",
+        )
     argv = [
         *_jvm(home, 256),
         "-cp",
@@ -221,6 +235,7 @@ def format_storage(
         # The tool's last line says why (a test's traceback shows only the message).
         last = output.splitlines()[-1] if output else f"exit code {done.returncode}"
         raise ComponentError(broker.name, f"formatting its storage failed: {last}", output[-3000:])
+    marker.touch()
 
 
 def broker_process(

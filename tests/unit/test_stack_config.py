@@ -22,6 +22,7 @@ from retail.credentials import CASSANDRA_OPS
 from retail.settings import get_settings
 from retail.topology import profile_topology
 from stack import cassandra, kafka, secrets
+from stack.errors import ComponentError
 from stack.fetch import Artifacts
 from stack.monitoring import MONITORING, scrape_targets
 
@@ -117,6 +118,21 @@ def test_storage_formats_whatever_the_cluster_id_starts_with(
     meta = (home / "data" / "meta.properties").read_text().splitlines()
     assert "cluster.id=-46zcumXTZK8RBbW88U_PA" in meta
     assert not (home / ".format-scram-args").exists()  # the passwords' file is gone
+
+
+def test_a_storage_formatted_before_kafkas_logins_is_refused_with_what_to_do(
+    artifacts: Artifacts, tmp_path: Path
+) -> None:
+    topo = profile_topology("test")
+    broker = topo.brokers[0]
+    secrets.ensure(tmp_path, topo)
+    home = kafka.write_config(tmp_path, topo, broker)
+    kafka.format_storage(tmp_path, topo, broker, artifacts)
+    kafka.format_storage(tmp_path, topo, broker, artifacts)  # formatted with the logins: kept
+    # What a stack formatted by a version without logins has: the storage, no SCRAM marker.
+    (home / kafka.SCRAM_FORMATTED).unlink()
+    with pytest.raises(ComponentError, match=r"before Kafka had logins.*--fresh"):
+        kafka.format_storage(tmp_path, topo, broker, artifacts)
 
 
 def test_scrape_targets_label_every_node_with_its_dc() -> None:
