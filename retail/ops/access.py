@@ -103,7 +103,7 @@ def secure(
         cluster, session = connect(topology, home, consistency_level="QUORUM", options=admin)
     try:
         session.execute(f"ALTER ROLE {DEFAULT_ROLE} WITH SUPERUSER = false AND LOGIN = false")
-        _ensure_roles(session, creds)
+        _ensure_roles(session, creds, topology)
     finally:
         cluster.shutdown()
 
@@ -151,6 +151,21 @@ def _first_setup(topology: Topology, creds: cred.Credentials) -> None:
         cluster.shutdown()
 
 
+def _logs_in(topology: Topology, creds: cred.Credentials, role: str) -> bool:
+    """Whether ``role`` logs in with the password the credentials file holds."""
+    try:
+        with _quiet_driver():
+            cluster, _ = connect(
+                topology, topology.datacenters[0].name, options=_options(creds, role)
+            )
+    except NoHostAvailable as exc:
+        if not _refused(exc):
+            raise
+        return False
+    cluster.shutdown()
+    return True
+
+
 def logins_stay_put(live: dict[str, str], topology: Topology) -> bool:
     """Whether replicating ``system_auth`` (now ``live``, normalized) per ``topology`` leaves
     every login where a replica will look for it: it is so replicated already, or every node
@@ -181,15 +196,21 @@ def _check_logins_everywhere(session: Session, topology: Topology) -> None:
     )
 
 
-def _ensure_roles(session: Session, creds: cred.Credentials) -> None:
+def _ensure_roles(session: Session, creds: cred.Credentials, topology: Topology) -> None:
+    existing = {r.role for r in session.execute(f"SELECT role FROM {AUTH_KEYSPACE}.roles")}
     # The admin logged in with its own: only the others are made here.
     for role in (r for r in cred.CASSANDRA_ROLES if r != cred.CASSANDRA_ADMIN):
         password = creds.login("cassandra", role).password.get_secret_value()
-        session.execute(
-            f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s", [password]
-        )
-        # The credentials file is the truth: a role made by an earlier stack gets its password.
-        session.execute(f"ALTER ROLE {role} WITH PASSWORD = %s", [password])
+        if role not in existing:
+            session.execute(
+                f"CREATE ROLE IF NOT EXISTS {role} WITH LOGIN = true AND PASSWORD = %s", [password]
+            )
+        elif not _logs_in(topology, creds, role):
+            # The credentials file is the truth: a role made by an earlier stack gets its
+            # password. Only then: Cassandra refuses a second change of a role's password within
+            # a few seconds (role_password_update_min_interval_ms), and an `up` run again soon
+            # after another must not fail on it.
+            session.execute(f"ALTER ROLE {role} WITH PASSWORD = %s", [password])
     for grant in ROLE_GRANTS:
         session.execute(grant.cql)
     # Keyspaces made before the operations role existed (a stack from before logins) have no
