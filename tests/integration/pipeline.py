@@ -3,19 +3,20 @@ real ``python -m streaming`` processes, and checks that recompute everything fro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cassandra import OperationTimedOut
-from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.cluster import NoHostAvailable, Session
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -34,9 +35,9 @@ from retail.kafka import (
 )
 from retail.producer import EventProducer, Record, records_from_events
 from retail.rows import TABLES, stock_level
+from retail.settings import get_settings
 from retail.topology import Topology
 from stack.cassandra import node_home
-from stack.local import LocalStack
 from stack.process import ManagedProcess
 from stack.services import consumer_process
 
@@ -196,27 +197,29 @@ class PipelineRun:
         """``dc/table`` of every table that still holds a row as one DC's replicas see it."""
         left = []
         for dc in self.regions:
-            cluster, session = self.pinned(dc)
-            try:
+            with self.pinned(dc) as session:
                 left += [
                     f"{dc}/{t}"
                     for t in TABLES
                     if session.execute(f"SELECT * FROM retail.{t} LIMIT 1").one() is not None
                 ]
-            finally:
-                cluster.shutdown()
         return left
 
-    def pinned(self, dc: str) -> tuple[Cluster, Session]:
+    @contextlib.contextmanager
+    def pinned(self, dc: str) -> Iterator[Session]:
         """A session that reads one DC's replicas only (pinned there, LOCAL_ONE)."""
-        return connect(
+        cluster, session = connect(
             self.topology, dc, consistency_level="LOCAL_ONE", pin_to_dc=True, role=CASSANDRA_OPS
         )
+        try:
+            yield session
+        finally:
+            cluster.shutdown()
 
     def pending_hints(self) -> dict[str, int]:
         """Bytes of undelivered hints each node holds (its hints directory; a file goes once
         every hint in it is delivered)."""
-        stack_dir = LocalStack().dir
+        stack_dir = get_settings().stack_dir
         held = {
             node.name: sum(
                 f.stat().st_size for f in (node_home(stack_dir, node) / "hints").glob("*.hints")
@@ -247,11 +250,8 @@ class PipelineRun:
 
     def order_ids_in(self, dc: str) -> list[str]:
         """Every order id as the replicas of one DC have it (pinned there, LOCAL_ONE)."""
-        cluster, session = self.pinned(dc)
-        try:
+        with self.pinned(dc) as session:
             return [r.order_id for r in session.execute("SELECT order_id FROM retail.orders")]
-        finally:
-            cluster.shutdown()
 
     def assert_exact(
         self, orders: list[Order], movements: list[InventoryMovement], timeout: float = 120
