@@ -40,6 +40,7 @@ from retail.errors import RetailError
 from retail.topology import REGIONS
 
 __all__ = [
+    "CONTROL_CHARACTER",
     "CURRENCIES",
     "CUSTOMER_ID_PATTERN",
     "EVENT_TIME_PATTERN",
@@ -101,7 +102,14 @@ else:
 STORE_ID_PATTERN = "^store-[0-9]{4}$"
 CUSTOMER_ID_PATTERN = "^cust-[0-9]{6}$"
 SKU_PATTERN = "^SKU-[0-9]{6}$"
+# An event or order id is the producer's own string, but never with control characters (C0,
+# DEL, C1): a NUL or a newline in an id breaks logs, CQL tooling and exports downstream.
+# In the schema as "not: pattern": an anchored "^[^...]+$" would pass "id\n" in validators
+# whose "$" also matches before a final newline (Python's).
+CONTROL_CHARACTER = "[\\u0000-\\u001f\\u007f-\\u009f]"
+NO_CONTROL_CHARACTER = {"not": {"pattern": CONTROL_CHARACTER}}
 _is_store_id = re.compile(STORE_ID_PATTERN).fullmatch
+_control_character = re.compile(CONTROL_CHARACTER).search
 _is_customer_id = re.compile(CUSTOMER_ID_PATTERN).fullmatch
 _is_sku = re.compile(SKU_PATTERN).fullmatch
 
@@ -111,6 +119,7 @@ EventId = Annotated[
         min_length=1,
         max_length=64,
         description="Idempotency key of the event; producers use a UUID string.",
+        extra_json_schema=NO_CONTROL_CHARACTER,
     ),
 ]
 StoreId = Annotated[
@@ -170,6 +179,13 @@ def _mismatch(field: str, value: str, pattern: str) -> str:
     return f"{field}: {shown!r} does not match {pattern}"
 
 
+def _check_ids(event_id: str, order_id: str | None = None) -> None:
+    if _control_character(event_id):
+        raise ValueError(f"event_id: {event_id!r} contains a control character")
+    if order_id is not None and _control_character(order_id):
+        raise ValueError(f"order_id: {order_id!r} contains a control character")
+
+
 def _utc(value: datetime) -> datetime:
     """``value`` in UTC; a ValueError (which msgspec reports as a validation error) otherwise."""
     tz = value.tzinfo
@@ -217,7 +233,9 @@ class Order(
     """A customer's purchase at a store. ``total_cents`` equals the sum of its lines."""
 
     event_id: EventId
-    order_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    order_id: Annotated[
+        str, Meta(min_length=1, max_length=64, extra_json_schema=NO_CONTROL_CHARACTER)
+    ]
     store_id: StoreId
     region: Region
     customer_id: CustomerId
@@ -235,6 +253,7 @@ class Order(
     schema_version: SchemaVersion = 1
 
     def __post_init__(self) -> None:
+        _check_ids(self.event_id, self.order_id)
         if _is_store_id(self.store_id) is None:
             raise ValueError(_mismatch("store_id", self.store_id, STORE_ID_PATTERN))
         if _is_customer_id(self.customer_id) is None:
@@ -275,6 +294,7 @@ class InventoryMovement(
     schema_version: SchemaVersion = 1
 
     def __post_init__(self) -> None:
+        _check_ids(self.event_id)
         if _is_store_id(self.store_id) is None:
             raise ValueError(_mismatch("store_id", self.store_id, STORE_ID_PATTERN))
         if _is_sku(self.sku) is None:

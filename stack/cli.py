@@ -353,10 +353,13 @@ def nodetool(
 
 
 def main() -> None:
-    """The ``retail`` command: the platform's commands, ``retail stack ...`` and ``retail demo``."""
+    """The ``retail`` command: the platform's commands, ``retail stack ...``, ``retail demo`` and
+    ``retail fuzz``."""
     from retail import cli as platform
     from stack.demo import demo
+    from stack.fuzz import fuzz
 
     platform.app.add_typer(app, name="stack")
     platform.app.command()(demo)
+    platform.app.command()(fuzz)
     platform.main()

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -284,16 +284,17 @@ def chunks(items: Iterable[Seen], size: int) -> Iterator[list[Seen]]:
         yield chunk
 
 
-def read_dead_letter_origins(
+def read_dead_letters(
     client: ClientConfig, deadletter: str, since_ms: int, *, timeout: float = 120.0
-) -> set[tuple[str, int, int]]:
-    """(topic, partition, offset) of every message dead-lettered since ``since_ms``.
+) -> dict[tuple[str, int, int], str]:
+    """The (topic, partition, offset) of every message dead-lettered since ``since_ms``, and
+    the reason given (empty if the dead letter gives none).
 
     A dead letter is produced after the message it carries, so reading from the window's start
     to the end of the dead-letter topic finds every dead letter of the window's messages.
     """
     consumer = _consumer(client, conv.AUDIT_GROUP)
-    origins: set[tuple[str, int, int]] = set()
+    origins: dict[tuple[str, int, int], str] = {}
     try:
         meta = consumer.list_topics(deadletter, timeout=10)
         parts = sorted(meta.topics[deadletter].partitions) if deadletter in meta.topics else []
@@ -310,7 +311,7 @@ def read_dead_letter_origins(
         for msg in read_spans(consumer, spans, timeout):
             origin = conv.dead_letter_origin(msg.headers())
             if origin is not None:
-                origins.add(origin)
+                origins[origin] = conv.header(msg.headers(), conv.DLQ_REASON) or ""
     finally:
         consumer.close()
     return origins
@@ -431,7 +432,7 @@ def audit(
         groups = sorted({group_of(s.topic, topics) for s in spans})
         parts = sorted({(s.topic, s.partition) for s in spans})
         committed = committed_offsets(client, groups, parts) if parts else {}
-        origins = read_dead_letter_origins(client, topics.deadletter, start_ms)
+        origins = read_dead_letters(client, topics.deadletter, start_ms)
         prepared: dict[str, RegionReads] = {}
 
         def reads(region: str) -> RegionReads:
@@ -455,7 +456,7 @@ def _check(
     topics: Topics,
     reads: Callable[[str], RegionReads],
     committed: dict[str, dict[tuple[str, int], int]],
-    origins: set[tuple[str, int, int]],
+    origins: Container[tuple[str, int, int]],
 ) -> None:
     """Judge one chunk of a partition's messages and look up its consumed events."""
 

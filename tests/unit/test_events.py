@@ -354,6 +354,21 @@ INVALID_MESSAGES = [
         "event_time: 9999-12-31T23:59:59-01:00 is out of range in UTC",
         id="beyond-datetime-max-in-utc",
     ),
+    pytest.param(
+        raw(with_(valid_order_dict(), "event_id", "6f1c2a0e\u00004b7d")),
+        "event_id: '6f1c2a0e\\x004b7d' contains a control character",
+        id="nul-in-event-id",
+    ),
+    pytest.param(
+        raw(with_(valid_order_dict(), "order_id", "store-0007-42\n")),
+        "order_id: 'store-0007-42\\n' contains a control character",
+        id="newline-in-order-id",
+    ),
+    pytest.param(
+        raw(with_(inventory_dict(), "event_id", "mv-\u009b1")),
+        "event_id: 'mv-\\x9b1' contains a control character",
+        id="c1-control-in-event-id",
+    ),
 ]
 
 
