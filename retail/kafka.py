@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -220,6 +221,14 @@ def misrouted(topics: Topics, topic: str, header: str | None, region: str, kind:
     return None
 
 
+# How long the consumers of a region may be down (or its DC unwritable) without losing an event:
+# the topics keep every message this long after it arrived. A long weekend without anyone on call;
+# past it, unread messages are deleted and the consumers stall there, with an alert
+# (UnreadEventsDeleted), rather than skip them (DESIGN.md, Durability).
+LONGEST_TOLERATED_OUTAGE = timedelta(days=3)
+# A day more as a margin: an outage noticed late still ends before anything unread is deleted.
+RETENTION_MS = int((LONGEST_TOLERATED_OUTAGE + timedelta(days=1)).total_seconds() * 1000)
+
 ClientConfig = Mapping[str, Any]  # librdkafka properties: bootstrap.servers, security.*, sasl.*
 
 SECURITY_PROTOCOL = "SASL_SSL"
@@ -283,7 +292,12 @@ def ensure_topics(
         ) from exc
     rf = min(3, len(topology.brokers))
     wanted = [
-        NewTopic(t, num_partitions=topics.partitions, replication_factor=rf)
+        NewTopic(
+            t,
+            num_partitions=topics.partitions,
+            replication_factor=rf,
+            config={"retention.ms": str(RETENTION_MS)},
+        )
         for t in topics.all
         if t not in existing
     ]

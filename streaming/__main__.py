@@ -177,7 +177,10 @@ def main(
             **client,
             "group.id": group_id,
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
+            # Never jump over unread messages: a partition the group never committed starts at
+            # its beginning (RegionalConsumer._starts), and a committed offset that is no longer
+            # in the log is an error the consumer reports, not a silent skip to either end.
+            "auto.offset.reset": "error",
             "partition.assignment.strategy": "cooperative-sticky",
             # A crashed member's partitions move to the others after 10 s, not the default 45.
             "session.timeout.ms": 10000,

@@ -15,6 +15,11 @@ waits at most one flush. A failure before the commit commits nothing: the batch 
 a polled message dropped), the partitions are paused, and it is retried with backoff (writes are
 idempotent, rollups skip what they hold).
 
+Where a partition starts: at the group's committed offset, or at the beginning of the log when
+the group never committed there. A committed offset the log no longer holds (retention deleted
+messages the group never read) is never skipped over: the partition stalls, with an error log
+and a metric, until an operator decides (DESIGN.md, Durability).
+
 Rebalances: a revoked partition's batch in flight is finished and committed within
 ``revoke_timeout`` if it can be, otherwise dropped uncommitted for the next owner; a lost
 partition's pending work is dropped unwritten (another member may already own it; the rollup
@@ -35,7 +40,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from retail import kafka as conv
 from retail.aggregates import Applied, Outcome
@@ -75,6 +88,7 @@ class ConsumerConfig:
     # the writes make harmless.
     commit_interval: float = 0.5
     lag_interval: float = 5.0
+    committed_timeout: float = 30.0  # reading the group's offsets when partitions are assigned
     latency_log: Path | None = None  # every event's end-to-end latency, for benchmarks
 
 
@@ -345,11 +359,32 @@ class RegionalConsumer:
                 msgs += self.consumer.consume(num_messages=room - 1, timeout=0)
         for msg in msgs:
             if msg.error():
-                self.metrics.incr(f"{self.m}.errors.kafka")
-                log.warning("Kafka error: %s", msg.error())
+                self._kafka_error(msg)
                 continue
             self.route(msg, self.pending)
         return len(msgs)
+
+    def _kafka_error(self, msg: Message) -> None:
+        err = msg.error()
+        if err.code() == KafkaError._AUTO_OFFSET_RESET:
+            # The group's committed offset is below the log start (or past its end): messages
+            # it never read are gone. Jumping to either end would hide the loss; the partition
+            # stays stalled (its lag grows) until an operator decides.
+            self.metrics.incr(f"{self.m}.{Topics.short(msg.topic())}.offset_out_of_range")
+            log.error(
+                "%s[%d]: the group's committed offset is no longer in the log (%s): messages "
+                "it never read were deleted (retention shorter than the outage?) and are lost "
+                "to this group. Not skipping: the partition stays stalled. To accept the loss, "
+                "stop the region's consumers, move the group to the log start (kafka-consumer-"
+                "groups.sh --reset-offsets --to-earliest), and start them again; replay the "
+                "lost range from the producers if they kept it",
+                msg.topic(),
+                msg.partition(),
+                err.str(),
+            )
+            return
+        self.metrics.incr(f"{self.m}.errors.kafka")
+        log.warning("Kafka error: %s", err)
 
     def _submit(self) -> None:
         if self.retry:
@@ -461,13 +496,27 @@ class RegionalConsumer:
     # -- rebalances -----------------------------------------------------------------------------
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        consumer.incremental_assign(partitions)
+        consumer.incremental_assign(self._starts(consumer, partitions))
         if self.paused:
             consumer.pause(partitions)  # joins the backoff; resumed with the others
         else:
             consumer.resume(partitions)  # librdkafka may remember an earlier pause
         self.lost -= {(tp.topic, tp.partition) for tp in partitions}
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Where each assigned partition starts: its group's committed offset, or its beginning
+        when the group never committed there (a new group reads everything there is). Only
+        that case is decided here: ``auto.offset.reset`` is ``error``, so a committed offset
+        that is no longer in the log is reported (:meth:`_kafka_error`), never skipped.
+        Raises if the committed offsets cannot be read (the process exits and is restarted)."""
+        committed = consumer.committed(partitions, timeout=self.cfg.committed_timeout)
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            )
+            for tp in committed
+        ]
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Settle work before partitions move: finish and commit the batch in flight if it

@@ -107,6 +107,9 @@ class KafkaBalance:
     groups_without_commits: list[str]
     leaders: dict[int, int]  # broker id -> partitions it leads (every topic of the cluster)
     missing_topics: list[str] = field(default_factory=list)
+    # group -> topic -> partition -> messages between its committed offset and the log start:
+    # deleted (retention) before the group read them. Only partitions where that is above 0.
+    deleted_unread: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
 
 
 def hottest(rates: Mapping[int, float]) -> tuple[int | None, float]:
@@ -238,6 +241,7 @@ def check_kafka(
         consumer.close()
 
     lag: dict[str, dict[str, dict[int, int]]] = {}
+    deleted: dict[str, dict[str, dict[int, int]]] = {}
     without: list[str] = []
     for group in groups if topics else []:
         gc = _consumer(client, group)
@@ -252,13 +256,17 @@ def check_kafka(
         for tp in committed:
             if tp.offset < 0:  # this group never committed on this partition
                 continue
-            high = watermarks[tp.topic][tp.partition][1]
+            low, high = watermarks[tp.topic][tp.partition]
             per_topic.setdefault(tp.topic, {})[tp.partition] = max(high - tp.offset, 0)
+            if tp.offset < low:
+                deleted.setdefault(group, {}).setdefault(tp.topic, {})[tp.partition] = (
+                    low - tp.offset
+                )
         if per_topic:
             lag[group] = per_topic
         else:
             without.append(group)
-    return KafkaBalance(window_seconds, results, lag, without, dict(leaders), missing)
+    return KafkaBalance(window_seconds, results, lag, without, dict(leaders), missing, deleted)
 
 
 # -- Cassandra -----------------------------------------------------------------------------------
@@ -413,6 +421,15 @@ def recommendations(
                         f"(most on partition {worst}: {parts[worst]}): add consumers to the group "
                         f"or find why it is slow"
                     )
+        for group, topics in sorted(kafka.deleted_unread.items()):
+            for topic, parts in sorted(topics.items()):
+                out.append(
+                    f"group {group}'s committed offsets on {topic} are below the log start: "
+                    f"{sum(parts.values())} messages it never read were deleted by retention "
+                    f"(partitions {sorted(parts)}); its consumers stall there rather than skip. "
+                    "Replay them from the producers if they can, then move the group to the "
+                    "log start (DESIGN.md, Durability)"
+                )
         for topic in kafka.missing_topics:
             out.append(f"topic {topic} does not exist: create it with `retail topics`")
         for group in kafka.groups_without_commits:
@@ -474,6 +491,9 @@ def gauges(
                 name = metric_topic(topic, prefix)
                 for part, lag in parts.items():
                     g[f"balance.kafka.{group}.{name}.{part}.lag"] = lag
+                    # 0 where nothing was lost: the alert's series exist before they fire.
+                    lost = kafka.deleted_unread.get(group, {}).get(topic, {}).get(part, 0)
+                    g[f"balance.kafka.{group}.{name}.{part}.deleted_unread"] = lost
         for broker, n in kafka.leaders.items():
             g[f"balance.kafka.broker.{broker}.leaders"] = n
     if cassandra:
@@ -499,10 +519,11 @@ def to_dict(kafka: KafkaBalance | None, cassandra: CassandraBalance | None) -> d
     out: dict[str, object] = {}
     if kafka:
         k = asdict(kafka)
-        k["lag"] = {
-            g: {t: {str(p): v for p, v in parts.items()} for t, parts in topics.items()}
-            for g, topics in kafka.lag.items()
-        }
+        for key, per_group in (("lag", kafka.lag), ("deleted_unread", kafka.deleted_unread)):
+            k[key] = {
+                g: {t: {str(p): v for p, v in parts.items()} for t, parts in topics.items()}
+                for g, topics in per_group.items()
+            }
         k["leaders"] = {str(b): n for b, n in kafka.leaders.items()}
         k["topics"] = [
             {

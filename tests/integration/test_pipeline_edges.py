@@ -12,12 +12,13 @@ import time
 from datetime import UTC, timedelta
 
 import msgspec
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from retail.credentials import KAFKA_ADMIN, kafka_consumer
+from retail.credentials import KAFKA_ADMIN, KAFKA_OPS, kafka_consumer
 from retail.events import encode
 from retail.kafka import (
+    AUDIT_GROUP,
     DLQ_PAYLOAD_OMITTED,
     DLQ_PAYLOAD_OMITTED_TEXT,
     DLQ_PAYLOAD_SIZE,
@@ -26,6 +27,7 @@ from retail.kafka import (
     dead_letter_origin,
     header,
 )
+from retail.ops.balance import check_kafka, recommendations
 from retail.producer import Record
 from retail.topology import Topology
 from stack.local import LocalStack
@@ -245,3 +247,69 @@ def test_a_consumer_started_before_its_dc_waits_then_works(
     run.wait_consumed([region], timeout=120)
     run.stop_consumers()
     run.assert_exact(of(region, orders), of(region, moves))
+
+
+def test_a_group_whose_unread_messages_were_deleted_stalls_there_and_the_balance_check_says_so(
+    run: PipelineRun,
+) -> None:
+    """Retention (here: DeleteRecords, as the admin) removes messages a stopped group never read.
+    The group's consumer must not jump to the new log start and commit past the gap: it stalls on
+    those partitions, says so, and the balance check counts what was deleted unread."""
+    region = "eu-west"
+    events = of(region, stream(900, seed=31)[0])
+    first, unread, later = events[:100], events[100:200], events[200:300]
+    topics = run.topics.read_by(region)
+    group = run.group(region)
+    run.produce(first)
+    run.start_consumer(region)
+    run.wait_consumed([region])
+    run.stop_consumers()
+    committed = _committed(run, group, topics)
+    run.produce(unread)
+    highs = _highs(run, topics)
+    # Partitions the group committed on (one it never did starts at whatever the log holds).
+    gaps = {tp: high for tp, high in highs.items() if 0 <= committed[tp] < high}
+    assert gaps
+    admin = AdminClient(client_config(run.topology, KAFKA_ADMIN))
+    for future in admin.delete_records(
+        [TopicPartition(t, p, high) for (t, p), high in gaps.items()]
+    ).values():
+        future.result(timeout=30)
+    run.produce(later)  # behind the gap: reading these would skip the deleted ones
+
+    proc = run.start_consumer(region)
+    wait_for_log(proc, "is no longer in the log")
+    run.wait_assigned(proc)
+    time.sleep(5)
+    assert proc.alive()
+    after = _committed(run, group, topics)
+    assert {tp: after[tp] for tp in gaps} == {tp: committed[tp] for tp in gaps}
+    balance = check_kafka(client_config(run.topology, KAFKA_OPS), topics, [group])
+    deleted = {
+        (t, p): n
+        for t, parts in balance.deleted_unread.get(group, {}).items()
+        for p, n in parts.items()
+    }
+    assert deleted == {tp: high - committed[tp] for tp, high in gaps.items()}
+    assert any("below the log start" in r for r in recommendations(balance, None))
+
+
+def _committed(run: PipelineRun, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    c = Consumer({**client_config(run.topology, KAFKA_OPS), "group.id": group})
+    try:
+        wanted = [TopicPartition(t, p) for t in topics for p in range(run.topics.partitions)]
+        return {(tp.topic, tp.partition): tp.offset for tp in c.committed(wanted, timeout=30)}
+    finally:
+        c.close()
+
+
+def _highs(run: PipelineRun, topics: list[str]) -> dict[tuple[str, int], int]:
+    c = Consumer({**client_config(run.topology, KAFKA_OPS), "group.id": AUDIT_GROUP})
+    try:
+        return {
+            (t, p): c.get_watermark_offsets(TopicPartition(t, p), timeout=30)[1]
+            for t in topics
+            for p in range(run.topics.partitions)
+        }
+    finally:
+        c.close()

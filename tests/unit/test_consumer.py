@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from retail import kafka
 from retail.aggregates import Applied, Outcome, Resolved
@@ -80,6 +80,8 @@ class FakeKafkaConsumer:
         self.subscribed: list[str] = []
         self.commits: list[dict[tuple[str, int], int]] = []
         self.paused = False
+        self.group_offsets: dict[tuple[str, int], int] = {}  # what the group committed before
+        self.assigned: list[tuple[str, int, int]] = []
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.subscribed = list(topics)
@@ -109,6 +111,17 @@ class FakeKafkaConsumer:
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return []
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list:
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, self.group_offsets.get((tp.topic, tp.partition), -1001)
+            )
+            for tp in partitions
+        ]
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned += [(tp.topic, tp.partition, tp.offset) for tp in partitions]
 
     def close(self) -> None:
         pass
@@ -318,3 +331,41 @@ def test_a_failed_write_commits_nothing_and_the_batch_is_written_again() -> None
     assert log == ["write failed", "paused", "written", "resumed", "commit"]
     assert [[p.offset for p, _ in b] for b in sink.batches] == [[0], [0]]
     assert committed(worker) == [{("retail.eu-west.orders", 0): 1}]
+
+
+# --- where partitions start, and a committed offset the log no longer holds ---------------------
+
+
+def test_a_partition_starts_at_the_groups_commit_or_at_the_beginning_if_it_never_committed() -> (
+    None
+):
+    worker, _ = regional([])
+    fake: FakeKafkaConsumer = worker.consumer  # type: ignore[assignment]
+    fake.group_offsets = {("retail.eu-west.orders", 0): 42}
+    worker.on_assign(
+        worker.consumer,
+        [TopicPartition("retail.eu-west.orders", 0), TopicPartition("retail.eu-west.orders", 1)],
+    )
+    assert fake.assigned == [
+        ("retail.eu-west.orders", 0, 42),
+        ("retail.eu-west.orders", 1, OFFSET_BEGINNING),
+    ]
+
+
+def test_a_committed_offset_below_the_log_start_is_reported_and_not_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gone = Message(
+        topic="retail.eu-west.orders",
+        partition=3,
+        error=KafkaError(
+            KafkaError._AUTO_OFFSET_RESET, "fetch failed: Broker: Offset out of range"
+        ),
+    )
+    worker, _ = regional([gone, message("retail.eu-west.orders", 7, encode(ORDER))])
+    steps_until(worker, lambda: bool(committed(worker)))
+    metrics: MemoryMetrics = worker.metrics  # type: ignore[assignment]
+    assert metrics.counters["consumer.eu-west.orders.offset_out_of_range"] == 1
+    assert "retail.eu-west.orders[3]" in caplog.text and "Not skipping" in caplog.text
+    # The other partition goes on; partition 3 gets no commit (no seek, no skip).
+    assert committed(worker) == [{("retail.eu-west.orders", 0): 8}]

@@ -185,6 +185,16 @@ CONTRACT = [
         "retail_balance_kafka_consumer_lag",
         {"group": "retail-eu-west", "topic": "inventory", "partition": "11"},
     ),
+    (
+        "retail.balance.kafka.retail-eu-west.orders.2.deleted_unread:120|g",
+        "retail_balance_kafka_deleted_unread",
+        {"group": "retail-eu-west", "topic": "orders", "partition": "2"},
+    ),
+    (
+        "retail.consumer.eu-west.orders.offset_out_of_range:1|c",
+        "retail_consumer_offset_out_of_range_total",
+        {"region": "eu-west", "topic": "orders"},
+    ),
     ("retail.balance.kafka.broker.1.leaders:36|g", "retail_balance_kafka_leaders", {"broker": "1"}),
     # balance: Cassandra
     (

@@ -181,3 +181,14 @@ def test_largest_partitions_from_a_jolokia_pattern_read() -> None:
     bean = "org.apache.cassandra.metrics:type=Table,keyspace=retail,scope={},name=MaxPartitionSize"
     raw = {bean.format("orders"): {"Value": 1234}, bean.format("stock_by_store"): {"Value": 0}}
     assert _largest_partitions("n", raw) == {"orders": 1234, "stock_by_store": 0}
+
+
+def test_a_group_committed_below_the_log_start_is_a_finding_and_a_gauge() -> None:
+    kafka = _kafka([1, 1, 1, 1, 1, 1])
+    kafka.deleted_unread = {"retail-eu-west": {"retail.eu-west.orders": {3: 120}}}
+    found = [f for f in recommendations(kafka, None) if "below the log start" in f]
+    assert found and "120 messages it never read" in found[0] and "[3]" in found[0]
+    got = gauges(kafka, None)
+    assert got["balance.kafka.retail-eu-west.eu-west_orders.3.deleted_unread"] == 120
+    assert got["balance.kafka.retail-eu-west.eu-west_orders.0.deleted_unread"] == 0
+    assert not [f for f in recommendations(_kafka([1, 1, 1, 1, 1, 1]), None) if "log start" in f]
