@@ -75,6 +75,9 @@ def _own(e: Event, topics: Topics, kind: str, value: bytes | None) -> Hostile:
 
 # -- the mutations: each returns a value that no reading of the contract accepts --------------
 
+# Kafka's default limit on a record batch (the broker's message.max.bytes, 1 MiB + 12), less
+# room for the batch's own overhead: the largest message a producer may send.
+MAX_MESSAGE_BYTES = 1_048_000
 STRING_FIELDS = ("event_id", "store_id", "region", "event_time")
 ID_FIELDS = ("event_id", "store_id")  # and, on an order, order_id and customer_id
 CONTROL = ("\x00", "\x01", "\t", "\n", "\r", "\x1b", "\x7f", "\x85", "\x9f")
@@ -95,11 +98,11 @@ def not_an_object(rng: random.Random, e: Event) -> bytes:
 
 
 def oversized(rng: random.Random, e: Event) -> bytes:
-    """Far larger than any event (200 lines are about 15 KB), under Kafka's default message
-    limit so that the broker takes it: the consumer must refuse it, and dead-letter it by
-    reference when its copy with the dead-letter headers no longer fits."""
+    """Far larger than any event (200 lines are about 15 KB), up to what the broker takes
+    (:data:`MAX_MESSAGE_BYTES`): the consumer must refuse it, and dead-letter it by reference
+    when its copy no longer fits its own producer's limit (librdkafka's default, 1,000,000)."""
     doc = _doc(e)
-    size = int(math.exp(rng.uniform(math.log(20_000), math.log(990_000))))
+    size = int(math.exp(rng.uniform(math.log(20_000), math.log(MAX_MESSAGE_BYTES - 8_000))))
     doc[rng.choice(("event_id", "store_id"))] = "x" * size
     return _dump(doc)
 
@@ -126,7 +129,9 @@ def missing_field(rng: random.Random, e: Event) -> bytes:
 
 def huge_lines(rng: random.Random, e: Order) -> bytes:
     doc = _doc(e)
-    n = rng.choice((MAX_LINES + 1, rng.randint(MAX_LINES + 2, 2_000), rng.randint(2_001, 20_000)))
+    # One over the limit to 12,000 (about 700 KB, inside what the broker takes), heavy-tailed:
+    # mostly a few over, one in ten over 300, one in a hundred past 10,000.
+    n = min(12_000, MAX_LINES + int(rng.paretovariate(0.5)))
     line = doc["lines"][0]
     doc["lines"] = [line] * n
     doc["total_cents"] = n * line["quantity"] * line["unit_price_cents"]  # only the count is off
@@ -134,7 +139,7 @@ def huge_lines(rng: random.Random, e: Order) -> bytes:
 
 
 def deep_nesting(rng: random.Random, e: Event) -> bytes:
-    depth = rng.randint(2, 50_000)
+    depth = min(50_000, 1 + int(rng.paretovariate(0.5)))  # heavy-tailed: 3% past 1,000
     nested = b"[" * depth + b"]" * depth
     where = rng.choice(("top", "store_id", "event_time", "region"))  # known fields
     if where == "top":
@@ -309,6 +314,7 @@ def produce(
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 10,
+            "message.max.bytes": 1_048_576,  # the broker takes batches up to 1 MiB + 12
             "logger": logging.getLogger("retail.kafka"),
         }
     )
