@@ -25,7 +25,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -167,41 +167,43 @@ def control_in_id(rng: random.Random, e: Event) -> bytes:
 
 def future_time(rng: random.Random, e: Event, now: datetime) -> bytes:
     later = now + timedelta(days=rng.uniform(2, 3650))
-    when = rng.choice(
-        (
-            later.isoformat().replace("+00:00", "Z"),
-            "9999-12-31T23:59:59Z",
-            (later + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S+14:00"),
-        )
+    return _timed(
+        rng,
+        e,
+        later.isoformat().replace("+00:00", "Z"),
+        "9999-12-31T23:59:59Z",
+        (later + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S+14:00"),
     )
-    return _dump({**_doc(e), "event_time": when})
 
 
 def ancient_time(rng: random.Random, e: Event) -> bytes:
-    when = rng.choice(
-        (
-            "1999-12-31T23:59:59.999999Z",
-            "1970-01-01T00:00:00Z",
-            "0001-01-01T00:00:00Z",
-            f"{rng.randint(1, 1999):04d}-06-15T12:00:00Z",
-        )
+    return _timed(
+        rng,
+        e,
+        "1999-12-31T23:59:59.999999Z",
+        "1970-01-01T00:00:00Z",
+        "0001-01-01T00:00:00Z",
+        f"{rng.randint(1, 1999):04d}-06-15T12:00:00Z",
     )
-    return _dump({**_doc(e), "event_time": when})
 
 
 def no_such_time(rng: random.Random, e: Event) -> bytes:
-    when = rng.choice(
-        (
-            "2026-02-30T10:00:00Z",
-            "2026-13-01T10:00:00Z",
-            "2026-06-01T24:00:00Z",
-            "2026-06-01T10:00:00",  # no offset
-            "2026-06-01",
-            "yesterday",
-            "",
-        )
+    return _timed(
+        rng,
+        e,
+        "2026-02-30T10:00:00Z",
+        "2026-13-01T10:00:00Z",
+        "2026-06-01T24:00:00Z",
+        "2026-06-01T10:00:00",  # no offset
+        "2026-06-01",
+        "yesterday",
+        "",
     )
-    return _dump({**_doc(e), "event_time": when})
+
+
+def _timed(rng: random.Random, e: Event, *times: str) -> bytes:
+    """The event with one of ``times`` as its ``event_time``."""
+    return _dump({**_doc(e), "event_time": rng.choice(times)})
 
 
 def wrong_numbers(rng: random.Random, e: Event) -> bytes:
@@ -406,21 +408,7 @@ class FuzzResult:
         )
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "messages": self.messages,
-            "hostile": self.hostile,
-            "valid": self.valid,
-            "dead_lettered": self.dead_lettered,
-            "dead_letters_missing": self.dead_letters_missing,
-            "without_reason": self.without_reason,
-            "valid_written": self.valid_written,
-            "valid_missing": self.valid_missing,
-            "valid_dead_lettered": self.valid_dead_lettered,
-            "consumer_restarts": self.consumer_restarts,
-            "by_kind": self.by_kind,
-            "examples": self.examples,
-            "ok": self.ok,
-        }
+        return {**asdict(self), "ok": self.ok}
 
     def summary(self) -> str:
         restarts = "?" if self.consumer_restarts is None else self.consumer_restarts
