@@ -48,7 +48,7 @@ def write_config(stack_dir: Path, topology: Topology, node: CassandraNode) -> Pa
         server_pem=secrets.server_pem(stack_dir, node.name),
         ca_pem=secrets.secrets_dir(stack_dir) / CA_FILE,
         internode_encryption="all" if topology.internode_tls else "none",
-        # Nodes prove who they are to each other too, and their certificate names their address.
+        # Nodes prove to each other that they hold a certificate of the stack's CA.
         internode_client_auth="true" if topology.internode_tls else "false",
     )
     (conf / "cassandra.yaml").write_text(yaml)
