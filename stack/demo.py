@@ -25,6 +25,7 @@ from rich.table import Table
 from retail.errors import RetailError
 from retail.kafka import Topics, region_lag
 from retail.topology import Topology
+from stack import secrets
 from stack.airflow import AirflowServers, trigger, wait_for_dag, wait_for_run
 from stack.local import LocalStack
 
@@ -89,7 +90,9 @@ def demo(
 
     steps.next("the local stack and Airflow: Cassandra in three DCs, Kafka, monitoring, consumers")
     # Airflow needs none of the servers to start (its metadata DB is SQLite): it comes up
-    # meanwhile, in a thread, while the stack's nodes join.
+    # meanwhile, in a thread, while the stack's nodes join. It does need its users' passwords:
+    # the stack's secrets are made first (up finds them and keeps them).
+    secrets.ensure(stack.dir, topology)
     with ThreadPoolExecutor(1) as pool:
         airflow = pool.submit(servers.up)
         stack_cli.up(

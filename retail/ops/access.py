@@ -64,14 +64,18 @@ def _quiet_driver() -> Iterator[None]:
     """Mute the driver's log of each refused connection (a warning per node, then an ERROR with
     a traceback: "Control connection failed to connect") while a refusal is an expected answer
     (is this a new cluster?): the log shows only what the stack concluded, and the exception
-    still reaches the caller."""
-    driver = logging.getLogger("cassandra")
-    level = driver.level
-    driver.setLevel(logging.CRITICAL)
+    still reaches the caller. Every driver logger is muted, not only ``cassandra``: those with
+    a level of their own (``retail.logs`` gives ``cassandra.cluster`` one) ignore their parent's."""
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("cassandra.")]
+    loggers = [logging.getLogger(n) for n in ("cassandra", *names)]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        driver.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _options(creds: cred.Credentials, username: str, password: str | None = None) -> ClientOptions:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from retail.ops.access import logins_stay_put
@@ -29,3 +31,16 @@ def test_only_a_copy_on_every_node_or_the_target_itself_is_safe(
     live: dict[str, str], safe: bool
 ) -> None:
     assert logins_stay_put(live, DEMO) is safe
+
+
+def test_an_expected_refusal_mutes_every_driver_logger_and_restores_them() -> None:
+    from retail import logs
+    from retail.ops.access import _quiet_driver
+
+    logs.configure("INFO")  # gives cassandra.cluster a level of its own (ERROR)
+    cluster = logging.getLogger("cassandra.cluster")
+    assert cluster.isEnabledFor(logging.ERROR)
+    with _quiet_driver():
+        assert not cluster.isEnabledFor(logging.ERROR)  # "Control connection failed" is muted
+        assert not logging.getLogger("cassandra").isEnabledFor(logging.ERROR)
+    assert cluster.isEnabledFor(logging.ERROR)
