@@ -86,13 +86,15 @@ def demo(
     stack = LocalStack()
     report_file = report_file or stack.settings.state_dir / "report.html"
     topology = profile_topology(profile, None, None)
+    # The stack's secrets first: Airflow's connections carry the operations' login and the CA
+    # (read when its servers are set up), and Airflow starts beside the stack, before up would
+    # have written them. up finds them and keeps them.
+    secrets.ensure(stack.dir, topology)
     servers = AirflowServers(topology, stack.dir)
 
     steps.next("the local stack and Airflow: Cassandra in three DCs, Kafka, monitoring, consumers")
     # Airflow needs none of the servers to start (its metadata DB is SQLite): it comes up
-    # meanwhile, in a thread, while the stack's nodes join. It does need its users' passwords:
-    # the stack's secrets are made first (up finds them and keeps them).
-    secrets.ensure(stack.dir, topology)
+    # meanwhile, in a thread, while the stack's nodes join.
     with ThreadPoolExecutor(1) as pool:
         airflow = pool.submit(servers.up)
         stack_cli.up(
