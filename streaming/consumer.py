@@ -509,8 +509,13 @@ class RegionalConsumer:
         when the group never committed there (a new group reads everything there is). Only
         that case is decided here: ``auto.offset.reset`` is ``error``, so a committed offset
         that is no longer in the log is reported (:meth:`_kafka_error`), never skipped.
-        Raises if the committed offsets cannot be read (the process exits and is restarted)."""
+        Raises if the committed offsets cannot be read, all or one (the process exits and is
+        restarted)."""
         committed = consumer.committed(partitions, timeout=self.cfg.committed_timeout)
+        failed = [tp for tp in committed if tp.error is not None]
+        if failed:
+            # Not "never committed": starting those at the beginning would replay them whole.
+            raise KafkaException(failed[0].error)
         return [
             TopicPartition(
                 tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING

@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from retail import kafka
 from retail.aggregates import Applied, Outcome, Resolved
@@ -82,6 +83,7 @@ class FakeKafkaConsumer:
         self.paused = False
         self.group_offsets: dict[tuple[str, int], int] = {}  # what the group committed before
         self.assigned: list[tuple[str, int, int]] = []
+        self.unreadable: set[tuple[str, int]] = set()
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.subscribed = list(topics)
@@ -113,12 +115,21 @@ class FakeKafkaConsumer:
         return []
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list:
-        return [
-            TopicPartition(
-                tp.topic, tp.partition, self.group_offsets.get((tp.topic, tp.partition), -1001)
+        out = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            offset = self.group_offsets.get(key, -1001)
+            # A per-partition failure as librdkafka reports it (its TopicPartition's error is
+            # read-only: a stand-in with the same fields).
+            error = (
+                KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+                if key in self.unreadable
+                else None
             )
-            for tp in partitions
-        ]
+            out.append(
+                SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=offset, error=error)
+            )
+        return out
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned += [(tp.topic, tp.partition, tp.offset) for tp in partitions]
@@ -350,6 +361,21 @@ def test_a_partition_starts_at_the_groups_commit_or_at_the_beginning_if_it_never
         ("retail.eu-west.orders", 0, 42),
         ("retail.eu-west.orders", 1, OFFSET_BEGINNING),
     ]
+
+
+def test_a_partition_whose_commit_cannot_be_read_is_not_started_over() -> None:
+    worker, _ = regional([])
+    fake: FakeKafkaConsumer = worker.consumer  # type: ignore[assignment]
+    fake.unreadable = {("retail.eu-west.orders", 1)}
+    with pytest.raises(KafkaException):
+        worker.on_assign(
+            worker.consumer,
+            [
+                TopicPartition("retail.eu-west.orders", 0),
+                TopicPartition("retail.eu-west.orders", 1),
+            ],
+        )
+    assert fake.assigned == []
 
 
 def test_a_committed_offset_below_the_log_start_is_reported_and_not_skipped(
