@@ -42,9 +42,23 @@ EXPECTED_ERRORS = [
     # <keyspace>-<table>-<id>-<n>.paxos`, the tracker behind the LWTs of the migration lock)
     # that Cassandra did not close; the reaper closes it. Seen once in a fresh-clone CI run, at
     # GC time, with every test passing; nothing of ours holds those files.
+    # Its checksum file's reader too (`....paxos.crc`): seen in a later run, right after
+    # Cassandra merged those files ("paxos uncommitted merge completed") and at its drain.
     re.compile(
         r"LEAK DETECTED: a reference \(class \S+ChannelProxy\$Cleanup@\d+:\S+"
-        r"/_paxos_repair_state/\S+\.paxos\)"
+        r"/_paxos_repair_state/\S+\.paxos(\.crc)?\)"
+    ),
+]
+# Expected ERROR entries recognised by the exception under their line, not the line alone.
+EXPECTED_ENTRIES = [
+    # Cassandra's SizeEstimatesRecorder (every 5 minutes) opens each keyspace of the schema it
+    # read a moment before; one dropped in between (the migrations test's scratch keyspace)
+    # fails Keyspace's "Unknown keyspace" assertion in that run, and the next run does not list
+    # it. Matched with the exception under the line, and only for that keyspace.
+    re.compile(
+        r"Exception in thread Thread\[OptionalTasks.*\n\s*java\.lang\.AssertionError: Unknown "
+        r"keyspace migration_rail_test\n(?:\s*at .*\n)*?\s*at org\.apache\.cassandra\.db\."
+        r"SizeEstimatesRecorder\.run"
     ),
 ]
 
@@ -150,9 +164,15 @@ def _check_server_logs(offsets: dict[Path, int]) -> None:
         lines = text.splitlines()
         for i, line in enumerate(lines):
             is_error = line.startswith("ERROR") or " ERROR " in line[:40]
-            if is_error and not any(p.search(line) for p in EXPECTED_ERRORS):
-                # The line and the exception under it (what says why), up to the next entry.
-                cause = list(itertools.takewhile(lambda s: not _LOG_ENTRY.match(s), lines[i + 1 :]))
+            if not is_error:
+                continue
+            # The line and the exception under it (what says why), up to the next entry.
+            cause = list(itertools.takewhile(lambda s: not _LOG_ENTRY.match(s), lines[i + 1 :]))
+            entry = "\n".join([line, *cause])
+            expected = any(p.search(line) for p in EXPECTED_ERRORS) or any(
+                p.search(entry) for p in EXPECTED_ENTRIES
+            )
+            if not expected:
                 shown = "\n    ".join(s[:300] for s in [line, *cause[:12]])
                 unexpected.append(f"{path}: {shown}")
     assert not unexpected, "unexpected ERROR lines in server logs:\n" + "\n".join(unexpected[:20])
