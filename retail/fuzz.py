@@ -38,6 +38,7 @@ from retail.errors import RetailError
 from retail.events import MAX_LINES, Event, Order, encode
 from retail.kafka import REGION_HEADER, Topics, client_config, region_lag
 from retail.ops.audit import read_dead_letters
+from retail.producer import records_from_events
 from retail.rows import KEYSPACE, id_column, identity
 from retail.topology import Topology
 
@@ -69,8 +70,9 @@ def _dump(doc: object) -> bytes:
 def _own(e: Event, topics: Topics, kind: str, value: bytes | None) -> Hostile:
     """A message on the event's own topic, keyed by its store, with its own region header:
     only the value is hostile."""
-    topic = topics.for_event("order" if isinstance(e, Order) else "inventory", e.region)
-    return Hostile(kind, topic, e.store_id.encode(), value, [(REGION_HEADER, e.region.encode())])
+    # Where the platform's producer puts the event (retail.producer.records_from_events).
+    rec = next(records_from_events([e], topics))
+    return Hostile(kind, rec.topic, rec.key, value, [(REGION_HEADER, e.region.encode())])
 
 
 # -- the mutations: each returns a value that no reading of the contract accepts --------------
@@ -337,12 +339,8 @@ def produce(
         return report
 
     for n, item in enumerate(items, 1):
-        if isinstance(item, Hostile):
-            topic, key, value, headers = item.topic, item.key, item.value, item.headers
-        else:
-            kind = "order" if isinstance(item, Order) else "inventory"
-            topic, key = topics.for_event(kind, item.region), item.store_id.encode()
-            value, headers = encode(item), [(REGION_HEADER, item.region.encode())]
+        msg = item if isinstance(item, Hostile) else _own(item, topics, "valid", encode(item))
+        topic, key, value, headers = msg.topic, msg.key, msg.value, msg.headers
         while True:
             try:
                 producer.produce(
