@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 PROFILE ?= demo
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help setup fetch browser demo test test-unit test-integration lint compose-check compose-secrets bench stack-down clean
+.PHONY: help setup fetch browser demo test test-unit test-integration lint compose-check compose-secrets bench chaos stack-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -61,6 +61,8 @@ bench: setup  ## pipeline benchmark: raw-driver ceiling, naive consumer, our con
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/audit.py
 
+chaos: setup  ## ten minutes of faults on the demo stack (started if none runs), then the reconcile
+	$(BIN)/python bench/chaos.py --duration 600
 stack-down: $(VENV)/.installed  ## stop every process the local stack started
 	$(BIN)/retail stack down
 

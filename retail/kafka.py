@@ -14,6 +14,7 @@ reason and its origin in headers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -296,7 +297,8 @@ def ensure_topics(
             t,
             num_partitions=topics.partitions,
             replication_factor=rf,
-            config={"retention.ms": str(RETENTION_MS)},
+            # acks=all then means two replicas when there are three: one broker may die.
+            config={"retention.ms": str(RETENTION_MS), "min.insync.replicas": str(max(1, rf - 1))},
         )
         for t in topics.all
         if t not in existing
@@ -373,32 +375,49 @@ def group_lag(
     topology: Topology, topics: list[str], group: str, partitions: int, timeout: float = 10.0
 ) -> int:
     """Messages on ``topics`` (each with ``partitions`` partitions) that ``group`` has not
-    committed yet, read as ``ops`` (which may read a group's offsets, not move them)."""
-    from confluent_kafka import Consumer, TopicPartition
+    committed yet, read as ``ops`` (which may read a group's offsets, not move them): the
+    group's offsets and the partitions' ends, each in one request of a client kept for the
+    process (:func:`shared_admin`)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
 
-    consumer = Consumer(
-        {**client_config(topology, KAFKA_OPS), "group.id": group, "enable.auto.commit": False}
+    admin = shared_admin(client_config(topology, KAFKA_OPS))
+    parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request = [ConsumerGroupTopicPartitions(group, parts)]
+            offsets = admin.list_consumer_group_offsets(request, request_timeout=timeout)
+            committed = offsets[group].result(timeout=timeout).topic_partitions
+            break
+        except KafkaException as exc:
+            # The group's coordinator is still loading or has just moved (a broker that has
+            # just started, or restarted): the client finds it again when asked again.
+            if not _coordinator_moving(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    ends = admin.list_offsets(
+        {TopicPartition(t, p): OffsetSpec.latest() for t in topics for p in range(partitions)},
+        request_timeout=timeout,
     )
-    try:
-        parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                committed = consumer.committed(parts, timeout=timeout)
-                break
-            except KafkaException as exc:
-                # The group's coordinator is still loading or has just moved (a broker that
-                # has just started, or restarted): the client finds it again when asked again.
-                if not _coordinator_moving(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        total = 0
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            total += high - max(tp.offset, 0)
-        return total
-    finally:
-        consumer.close()
+    high = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in ends.items()}
+    return sum(high[(tp.topic, tp.partition)] - max(tp.offset, 0) for tp in committed)
+
+
+_SHARED: dict[tuple[tuple[str, str], ...], AdminClient] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_admin(config: Mapping[str, object]) -> AdminClient:
+    """One admin client per distinct config for the whole process. Each new client over
+    SASL_SSL costs a TLS handshake and a SCRAM login (8192 PBKDF2 rounds) on both sides, which
+    a lag probe made every quarter second (``retail stack status``, the chaos and fuzz runs,
+    the benchmarks) would otherwise pay each time."""
+    key = tuple(sorted((k, str(v)) for k, v in config.items()))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = AdminClient(dict(config))
+        return _SHARED[key]
 
 
 _COORDINATOR_MOVING = frozenset(

@@ -72,9 +72,10 @@ PROFILES: dict[str, Profile] = {
     "test": Profile(1, 1, 512, "one Cassandra node per DC and one Kafka broker: what CI runs"),
     "demo": Profile(
         2,
-        1,
+        3,
         512,
-        "two Cassandra nodes per DC (RF 2 in each), one Kafka broker, TLS between the nodes",
+        "two Cassandra nodes per DC (RF 2 in each), three Kafka brokers (RF 3, two in sync), "
+        "TLS between the nodes",
         internode_tls=True,
     ),
 }

@@ -353,13 +353,15 @@ def nodetool(
 
 
 def main() -> None:
-    """The ``retail`` command: the platform's commands, ``retail stack ...``, ``retail demo`` and
-    ``retail fuzz``."""
+    """The ``retail`` command: the platform's commands, ``retail stack ...``, ``retail demo``,
+    ``retail fuzz`` and ``retail chaos``."""
     from retail import cli as platform
+    from stack.chaos import chaos
     from stack.demo import demo
     from stack.fuzz import fuzz
 
     platform.app.add_typer(app, name="stack")
     platform.app.command()(demo)
     platform.app.command()(fuzz)
+    platform.app.command()(chaos)
     platform.main()

@@ -439,16 +439,31 @@ class LocalStack:
             raise StackError(f"{comp.name} is not running")
         return comp.name
 
-    def start(self, name: str, *, timeout: float = 300.0, reporter: Reporter | None = None) -> str:
-        """Start one stopped component again and wait until it is ready (for a Cassandra node:
-        UN in every other node's view)."""
-        topo, comp = self._component(name)
-        if not comp.process.alive():
-            self._check_ports_free([comp])
-            self._prepare(topo, comp)
-            comp.process.start()
-        self._wait_ready([comp], timeout, reporter or Reporter())
+    def stop(self, name: str) -> str:
+        """Stop one component as its operator would (SIGTERM, then up to its tier's grace)."""
+        _, comp = self._component(name)
+        if not comp.process.terminate():
+            raise StackError(f"{comp.name} is not running")
+        comp.process.wait_stopped(_STOP_TIMEOUT.get(comp.kind, 15.0))
         return comp.name
+
+    def process(self, name: str) -> ManagedProcess:
+        """The process of one component (to signal it: a freeze, a thaw)."""
+        return self._component(name)[1].process
+
+    def start(self, *names: str, timeout: float = 300.0, reporter: Reporter | None = None) -> str:
+        """Start stopped components again and wait until they are ready (a Cassandra node: UN
+        in every other node's view). Several at once: the nodes of a stopped DC, each of which
+        is ready only once it sees the others up."""
+        picked = [self._component(name) for name in names]
+        comps = [comp for _, comp in picked]
+        for topo, comp in picked:
+            if not comp.process.alive():
+                self._check_ports_free([comp])
+                self._prepare(topo, comp)
+                comp.process.start()
+        self._wait_ready(comps, timeout, reporter or Reporter())
+        return ", ".join(c.name for c in comps)
 
 
 # Seconds a tier gets to stop after SIGTERM: consumers drain their last batch (up to their

@@ -140,7 +140,9 @@ def test_scrape_targets_label_every_node_with_its_dc() -> None:
     targets = scrape_targets(topo)
     labels = [g["labels"] for g in targets["cassandra"]]
     assert [(lab["dc"], lab["node"]) for lab in labels] == [(n.dc, n.name) for n in topo.nodes]
-    assert targets["kafka"] == [{"targets": ["127.0.10.1:9404"], "labels": {"broker": "kafka-1"}}]
+    assert targets["kafka"] == [
+        {"targets": [f"127.0.10.{i}:9404"], "labels": {"broker": f"kafka-{i}"}} for i in (1, 2, 3)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +185,11 @@ def test_statsd_mapping_passes_statsd_exporter(artifacts: Artifacts) -> None:
 
 def test_compose_prometheus_targets_carry_the_local_stacks_labels() -> None:
     """docker/ mounts its own file_sd targets for the same prometheus.yml: same jobs, same
-    labels and ports as the local demo stack, only the host names differ."""
+    labels and ports as the local demo stack, only the host names differ (and Compose runs one
+    Kafka broker where the demo profile runs three)."""
     import json
 
-    local = scrape_targets(profile_topology("demo"))
+    local = scrape_targets(profile_topology("demo", brokers=1))
     compose_dir = MONITORING.parent / "docker" / "prometheus-targets"
     assert sorted(p.stem for p in compose_dir.glob("*.json")) == sorted(local)
     for job, groups in local.items():
