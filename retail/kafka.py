@@ -375,49 +375,48 @@ def group_lag(
     topology: Topology, topics: list[str], group: str, partitions: int, timeout: float = 10.0
 ) -> int:
     """Messages on ``topics`` (each with ``partitions`` partitions) that ``group`` has not
-    committed yet, read as ``ops`` (which may read a group's offsets, not move them): the
-    group's offsets and the partitions' ends, each in one request of a client kept for the
-    process (:func:`shared_admin`)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import OffsetSpec
+    committed yet, read as ``ops`` (which may read a group's offsets, not move them), through
+    a client kept for the process (:func:`_offsets_reader`)."""
+    from confluent_kafka import TopicPartition
 
-    admin = shared_admin(client_config(topology, KAFKA_OPS))
+    consumer, lock = _offsets_reader(client_config(topology, KAFKA_OPS), group)
     parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            request = [ConsumerGroupTopicPartitions(group, parts)]
-            offsets = admin.list_consumer_group_offsets(request, request_timeout=timeout)
-            committed = offsets[group].result(timeout=timeout).topic_partitions
-            break
-        except KafkaException as exc:
-            # The group's coordinator is still loading or has just moved (a broker that has
-            # just started, or restarted): the client finds it again when asked again.
-            if not _coordinator_moving(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    ends = admin.list_offsets(
-        {TopicPartition(t, p): OffsetSpec.latest() for t in topics for p in range(partitions)},
-        request_timeout=timeout,
-    )
-    high = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in ends.items()}
-    return sum(high[(tp.topic, tp.partition)] - max(tp.offset, 0) for tp in committed)
+    with lock:
+        while True:
+            try:
+                committed = consumer.committed(parts, timeout=timeout)
+                break
+            except KafkaException as exc:
+                # The group's coordinator is still loading or has just moved (a broker that
+                # has just started, or restarted): the client finds it again when asked again.
+                if not _coordinator_moving(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        total = 0
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            total += high - max(tp.offset, 0)
+        return total
 
 
-_SHARED: dict[tuple[tuple[str, str], ...], AdminClient] = {}
-_SHARED_LOCK = threading.Lock()
+_READERS: dict[tuple[tuple[str, str], ...], tuple[Any, threading.Lock]] = {}
+_READERS_LOCK = threading.Lock()
 
 
-def shared_admin(config: Mapping[str, object]) -> AdminClient:
-    """One admin client per distinct config for the whole process. Each new client over
-    SASL_SSL costs a TLS handshake and a SCRAM login (8192 PBKDF2 rounds) on both sides, which
-    a lag probe made every quarter second (``retail stack status``, the chaos and fuzz runs,
-    the benchmarks) would otherwise pay each time."""
-    key = tuple(sorted((k, str(v)) for k, v in config.items()))
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED[key] = AdminClient(dict(config))
-        return _SHARED[key]
+def _offsets_reader(config: Mapping[str, object], group: str) -> tuple[Any, threading.Lock]:
+    """One client per login and group for the whole process (it never subscribes, so it never
+    joins the group): a new client over SASL_SSL costs a TLS handshake and a SCRAM login (8192
+    PBKDF2 rounds) on both sides, which a lag probe made every quarter second (``retail stack
+    status``, the chaos and fuzz runs, the benchmarks) would otherwise pay every time."""
+    from confluent_kafka import Consumer
+
+    key = tuple(sorted((k, str(v)) for k, v in {**config, "group.id": group}.items()))
+    with _READERS_LOCK:
+        if key not in _READERS:
+            consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+            _READERS[key] = (consumer, threading.Lock())
+        return _READERS[key]
 
 
 _COORDINATOR_MOVING = frozenset(

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import quote
 
+import httpx
 import typer
 from rich.console import Console
 
@@ -61,6 +62,7 @@ from stack.local import LocalStack
 console = Console(stderr=True)
 
 AUDITED_DAG = "balance_check"  # the run the scheduler kill interrupts: short, reads only
+REPAIR_DAG = "materialized_view_rebuild"
 
 
 class Injector:
@@ -172,6 +174,16 @@ class Injector:
         return repaired, recovery, f"{AUDITED_DAG} run {run['state']}"
 
 
+def _pause(api: httpx.Client, dag_id: str, paused: bool) -> bool | None:
+    """Pause or unpause ``dag_id``; returns whether it was paused (None: Airflow does not have
+    it)."""
+    got = api.get(f"/dags/{dag_id}")
+    if got.status_code != 200:
+        return None
+    api.patch(f"/dags/{dag_id}", json={"is_paused": paused}).raise_for_status()
+    return bool(got.json()["is_paused"])
+
+
 def _running_pid(stack: LocalStack, name: str) -> int | None:
     for s in stack.services.status({}):
         if s.name == name and s.state == "running":
@@ -242,14 +254,17 @@ def chaos(
         schedule = plan(seed, duration, kinds, targets, consumer_kills)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from None
-    if SCHEDULER_KILL in kinds:
-        try:
-            AirflowServers(topology, stack.dir).wait_healthy(5)
-        except RetailError as exc:
+    airflow = AirflowServers(topology, stack.dir)
+    try:
+        airflow.wait_healthy(5)
+        api = airflow.client()
+    except RetailError as exc:
+        if SCHEDULER_KILL in kinds:
             raise RetailError(
                 f"scheduler_kill needs the stack's Airflow ({exc}); start it with "
                 "`retail stack airflow`, or leave the fault out (--faults ...)"
             ) from None
+        api = None
     down = [n for n in (*targets.nodes, *targets.brokers) if not stack.process(n).alive()]
     if down:
         raise RetailError(f"{', '.join(down)} not running; `retail stack up` first")
@@ -272,6 +287,9 @@ def chaos(
     if paused:
         console.print(f"pausing the supervised {', '.join(s.name for s in paused)}")
         stack.services.configure([s for s in specs if s.region])
+    # The scheduled rollup repair would correct a bucket the faults made wrong before the check
+    # sees it: paused for the run, as it was before afterwards.
+    repair_paused = _pause(api, REPAIR_DAG, True) if api else None
     try:
         result = _run(
             stack, topology, topics, schedule, events[:valid_n], bad, seed, duration, check_timeout
@@ -279,6 +297,8 @@ def chaos(
     finally:
         if paused:
             stack.services.configure(specs)
+        if api is not None and repair_paused is not None:
+            _pause(api, REPAIR_DAG, repair_paused)
     result.consumer_restarts = consumer_restarts(stack) - restarts
     for d in result.faults:
         console.print("  " + d.line())
