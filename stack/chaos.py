@@ -54,6 +54,8 @@ from retail.errors import RetailError
 from retail.fuzz import Sent, hostile_messages, produce, wait_consumed
 from retail.generator import StreamGenerator
 from retail.kafka import Topics, region_lag
+from retail.ops import repair
+from retail.rows import KEYSPACE
 from retail.topology import Topology
 from stack.airflow import AirflowServers, trigger, wait_for_run
 from stack.fuzz import consumer_restarts
@@ -172,6 +174,19 @@ class Injector:
         repaired, recovery = self._healthy_after(restart)
         run = wait_for_run(self.airflow.client(), AUDITED_DAG, run_id, timeout=600)
         return repaired, recovery, f"{AUDITED_DAG} run {run['state']}"
+
+
+def _repair(stack: LocalStack, topology: Topology) -> None:
+    """A full primary-range repair of the platform's keyspace, node after node: what the
+    ``replication_repair`` DAG runs (:mod:`retail.ops.repair`)."""
+    with jolokia.Jolokia(login=stack.jolokia_login()) as client:
+        ranges = repair.live_range_map(client, topology, KEYSPACE)
+        steps = repair.plan(KEYSPACE, ranges, topology, scope="primary_range")
+
+        def step_done(done: int, total: int, result: repair.StepResult, elapsed: float) -> None:
+            console.print(f"  repair {done}/{total}: {result.step.describe()} ({elapsed:.0f}s)")
+
+        repair.run(client, topology, steps, step_done)
 
 
 def _pause(api: httpx.Client, dag_id: str, paused: bool) -> bool | None:
@@ -381,7 +396,14 @@ def _run(
     console.print("stream and faults done; waiting for the consumers to drain")
     wait_consumed(topology, topics, check_timeout)
     console.print("drained; reading every table of every DC and the dead-letter topic")
-    findings = reconcile(topology, topics, sent[0], timeout=check_timeout, progress=console.print)
+    findings = reconcile(
+        topology,
+        topics,
+        sent[0],
+        timeout=check_timeout,
+        repair=lambda: _repair(stack, topology),
+        progress=console.print,
+    )
     done.sort(key=lambda d: d.started)
     return ChaosResult(time.monotonic() - t0, findings, done, 0, failures)
 

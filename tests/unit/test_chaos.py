@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 
-from retail.chaos import CONSUMER_KILL, HOLD, KINDS, Targets, plan
+from retail.chaos import (
+    CONSUMER_KILL,
+    HOLD,
+    KINDS,
+    SCHEDULER_KILL,
+    ChaosResult,
+    Done,
+    Fault,
+    Findings,
+    Targets,
+    plan,
+    run_window,
+)
+from retail.generator import StreamGenerator
 
 TARGETS = Targets(
     consumers=("consumer-eu-west-1", "consumer-us-east-1", "consumer-ap-southeast-2"),
@@ -39,7 +54,7 @@ def test_heavy_faults_each_have_a_slot_of_their_own() -> None:
     for seed in range(50):
         heavy = [f.at for f in plan(seed, 600, KINDS, TARGETS, 0) if f.kind != CONSUMER_KILL]
         assert len(heavy) == len(KINDS) - 1
-        assert all(b - a >= 75 for a, b in zip(heavy, heavy[1:], strict=False))
+        assert all(b - a >= 75 for a, b in itertools.pairwise(heavy))
 
 
 def test_only_the_kinds_asked_for() -> None:
@@ -53,3 +68,40 @@ def test_an_unknown_kind_or_nothing_to_hit_is_refused_with_what_is_known() -> No
     no_brokers = Targets(TARGETS.consumers, TARGETS.nodes, TARGETS.dcs, ())
     with pytest.raises(ValueError, match="broker_kill: the stack has nothing to hit"):
         plan(1, 120, ["broker_kill"], no_brokers, 0)
+
+
+def _result(detail: str = "", **findings: int) -> ChaosResult:
+    f = Findings(
+        **{
+            "produced": 100,
+            "written": 100,
+            "lost": 0,
+            "duplicated": 0,
+            "rollup_buckets_wrong": 0,
+            "invalid": 5,
+            "dead_letters_missing": 0,
+            **findings,
+        }
+    )
+    done = Done(Fault(10.0, SCHEDULER_KILL, "airflow-scheduler", 0.0), 10.0, 12.0, 30.0, detail)
+    return ChaosResult(600.0, f, [done], consumer_restarts=0)
+
+
+def test_any_loss_duplicate_wrong_bucket_missing_dead_letter_or_failed_run_fails_the_run() -> None:
+    assert _result("balance_check run success").ok
+    for figure in ("lost", "duplicated", "rollup_buckets_wrong", "dead_letters_missing"):
+        assert not _result(**{figure: 1}).ok, figure
+    assert not _result("balance_check run failed").ok
+    figures = _result("balance_check run success").to_dict()
+    assert figures["faults_injected"] == 1 and figures["longest_recovery_s"] == 30.0
+    assert figures["faults_by_kind"] == {SCHEDULER_KILL: 1}
+
+
+def test_the_rollup_window_is_the_whole_hours_of_the_events() -> None:
+    def at(hh: int, mm: int) -> datetime:
+        return datetime(2026, 11, 30, hh, mm, 7, tzinfo=UTC)
+
+    gen = StreamGenerator(seed=1, start=at(9, 58), events_per_second=1)
+    events = list(gen.events(300))  # 9:58 to past 10:02
+    window = run_window(events)
+    assert (window.start, window.end) == (at(9, 0).replace(second=0), at(11, 0).replace(second=0))
