@@ -185,6 +185,7 @@ class Findings:
         return not (
             self.lost
             or self.lost_in_home_dc
+            or self.lost_in_home_dc_before_repair
             or self.duplicated
             or self.rollup_buckets_wrong
             or self.dead_letters_missing

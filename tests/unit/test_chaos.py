@@ -105,3 +105,11 @@ def test_the_rollup_window_is_the_whole_hours_of_the_events() -> None:
     events = list(gen.events(300))  # 9:58 to past 10:02
     window = run_window(events)
     assert (window.start, window.end) == (at(9, 0).replace(second=0), at(11, 0).replace(second=0))
+
+
+def test_an_event_missing_in_its_own_dc_before_the_repair_fails_the_run() -> None:
+    repaired = _result()
+    repaired.findings.lost_before_repair = 12  # another DC needed the repair: not a loss
+    assert repaired.ok
+    repaired.findings.lost_in_home_dc_before_repair = 1
+    assert not repaired.ok
