@@ -414,7 +414,16 @@ def _offsets_reader(config: Mapping[str, object], group: str) -> tuple[Any, thre
     key = tuple(sorted((k, str(v)) for k, v in {**config, "group.id": group}.items()))
     with _READERS_LOCK:
         if key not in _READERS:
-            consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+            consumer = Consumer(
+                {
+                    **config,
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                    # Its connection errors while a broker is down go through logging (it
+                    # outlives the probe that made it), not straight to stderr.
+                    "logger": logging.getLogger("retail.kafka.lag"),
+                }
+            )
             _READERS[key] = (consumer, threading.Lock())
         return _READERS[key]
 
