@@ -155,14 +155,12 @@ class Injector:
 
     def _scheduler_kill(self, fault: Fault) -> tuple[float, float, str]:
         api = self.airflow.client()
-        run_id = trigger(api, AUDITED_DAG, {})
-        path = f"/dags/{AUDITED_DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances"
-
-        def task_running() -> bool | None:
-            states = [t["state"] for t in api.get(path).json().get("task_instances", [])]
-            return True if "running" in states else None
-
-        _until(task_running, 300, f"a task of {AUDITED_DAG} running")
+        for _ in range(3):  # a run whose tasks all ended between two looks is tried again
+            run_id = trigger(api, AUDITED_DAG, {})
+            if self._task_running(api, run_id):
+                break
+        else:
+            raise RetailError(f"no task of {AUDITED_DAG} was seen running in three runs")
         scheduler = next(p for p in self.airflow.processes() if p.name == fault.target)
         scheduler.kill()
         time.sleep(2)
@@ -174,6 +172,20 @@ class Injector:
         repaired, recovery = self._healthy_after(restart)
         run = wait_for_run(self.airflow.client(), AUDITED_DAG, run_id, timeout=600)
         return repaired, recovery, f"{AUDITED_DAG} run {run['state']}"
+
+    @staticmethod
+    def _task_running(api: httpx.Client, run_id: str, timeout: float = 300.0) -> bool:
+        """Whether a task of the run is seen running (False: the run ended first)."""
+        run = f"/dags/{AUDITED_DAG}/dagRuns/{quote(run_id, safe='')}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tasks = api.get(f"{run}/taskInstances").json().get("task_instances", [])
+            if any(t["state"] == "running" for t in tasks):
+                return True
+            if api.get(run).json().get("state") in ("success", "failed"):
+                return False
+            time.sleep(0.3)
+        raise RetailError(f"no task of {AUDITED_DAG} running after {timeout:.0f}s")
 
 
 def _repair(stack: LocalStack, topology: Topology) -> None:
