@@ -45,13 +45,9 @@ def main() -> int:
         log("no demo stack runs: `retail demo` first")
         subprocess.run([RETAIL, "demo"], check=True)
     log(f"retail chaos --duration {args.duration:g} --rate {args.rate:g} --seed {args.seed}")
-    done = subprocess.run(
-        [RETAIL, "chaos", "--duration", f"{args.duration:g}", "--rate", f"{args.rate:g}",
-         "--seed", str(args.seed), "--json"],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
+    argv = [RETAIL, "chaos", "--json", "--seed", str(args.seed)]
+    argv += ["--duration", f"{args.duration:g}", "--rate", f"{args.rate:g}"]
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
     lines = done.stdout.strip().splitlines()
     if not lines:
         log(f"retail chaos printed no figures (exit {done.returncode})")
