@@ -43,12 +43,12 @@ def main() -> int:
     stack = LocalStack()
     if stack.saved_topology() != profile_topology("demo") or not stack.running():
         log("no demo stack runs: `retail demo` first")
-        subprocess.run([RETAIL, "demo"], check=True)
+        subprocess.run([RETAIL, "demo"], check=True, stdout=sys.stderr)
     log(f"retail chaos --duration {args.duration:g} --rate {args.rate:g} --seed {args.seed}")
     argv = [RETAIL, "chaos", "--json", "--seed", str(args.seed)]
     argv += ["--duration", f"{args.duration:g}", "--rate", f"{args.rate:g}"]
     done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
-    lines = done.stdout.strip().splitlines()
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
         log(f"retail chaos printed no figures (exit {done.returncode})")
         return 1

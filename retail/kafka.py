@@ -386,18 +386,17 @@ def group_lag(
         while True:
             try:
                 committed = consumer.committed(parts, timeout=timeout)
-                break
+                return sum(
+                    consumer.get_watermark_offsets(tp, timeout=timeout)[1] - max(tp.offset, 0)
+                    for tp in committed
+                )
             except KafkaException as exc:
-                # The group's coordinator is still loading or has just moved (a broker that
-                # has just started, or restarted): the client finds it again when asked again.
-                if not _coordinator_moving(exc) or time.monotonic() > deadline:
+                # The group's coordinator is still loading or has just moved, or a partition's
+                # leader has (a broker that has just started, restarted or died): the client
+                # finds them again when asked again.
+                if not _moving(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        total = 0
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            total += high - max(tp.offset, 0)
-        return total
 
 
 _READERS: dict[tuple[tuple[str, str], ...], tuple[Any, threading.Lock]] = {}
@@ -440,6 +439,17 @@ _COORDINATOR_MOVING = frozenset(
 def _coordinator_moving(exc: KafkaException) -> bool:
     error = exc.args[0] if exc.args else None
     return isinstance(error, KafkaError) and error.code() in _COORDINATOR_MOVING
+
+
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+
+
+def _moving(exc: KafkaException) -> bool:
+    """A coordinator or a partition leader that is moving: worth asking again."""
+    error = exc.args[0] if exc.args else None
+    return _coordinator_moving(exc) or (
+        isinstance(error, KafkaError) and (error.code() in _LEADER_MOVING or error.retriable())
+    )
 
 
 def region_lag(topology: Topology, topics: Topics, region: str, timeout: float = 10.0) -> int:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import httpx
 import typer
+from confluent_kafka import KafkaException
 from rich.console import Console
 
 from retail import jolokia
@@ -421,7 +422,8 @@ def _run(
 
 
 def _lag(topology: Topology, topics: Topics, region: str) -> int:
+    """The region's lag for the progress line; -1 while Kafka cannot tell (a broker down)."""
     try:
         return region_lag(topology, topics, region)
-    except RetailError:
+    except (RetailError, KafkaException):
         return -1

@@ -159,3 +159,18 @@ def test_a_coordinator_that_is_loading_or_moving_is_asked_again_other_errors_are
         KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
     )
     assert not _coordinator_moving(KafkaException("no error object"))
+
+
+def test_a_lag_probe_asks_again_while_a_leader_moves_not_when_refused() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from retail.kafka import _moving
+
+    for code in (
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+    ):
+        assert _moving(KafkaException(KafkaError(code)))
+    assert not _moving(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    assert not _moving(KafkaException("no error object"))
