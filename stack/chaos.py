@@ -371,7 +371,8 @@ def _run(
 
     def carry_out(faults: list[Fault]) -> None:
         for fault in faults:
-            time.sleep(max(0.0, t0 + fault.at - time.monotonic()))
+            if halt.wait(max(0.0, t0 + fault.at - time.monotonic())):
+                return
             try:
                 d = injector.inject(fault)
             except Exception as exc:  # any failure: reported, the check still runs
@@ -381,29 +382,36 @@ def _run(
             done.append(d)
             console.print("  " + d.line())
 
+    # The fault threads are not daemons: if this thread fails (or Ctrl-C), the schedule halts,
+    # but the process still waits for the fault in progress to be repaired (a frozen node
+    # thawed, a stopped DC started) before it exits.
+    halt = threading.Event()
     threads = [
         threading.Thread(target=stream, name="chaos-stream", daemon=True),
         threading.Thread(
             target=carry_out,
             args=([f for f in schedule if f.kind != CONSUMER_KILL],),
             name="chaos-faults",
-            daemon=True,
         ),
         threading.Thread(
             target=carry_out,
             args=([f for f in schedule if f.kind == CONSUMER_KILL],),
             name="chaos-consumer-kills",
-            daemon=True,
         ),
     ]
     for t in threads:
         t.start()
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(timeout=60)
-        if any(t.is_alive() for t in threads):
-            lag = sum(_lag(topology, topics, r) for r in topics.regions)
-            console.print(f"{time.monotonic() - t0:5.0f}s: {len(done)} faults done, lag {lag}")
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=60)
+            if any(t.is_alive() for t in threads):
+                lag = sum(_lag(topology, topics, r) for r in topics.regions)
+                console.print(f"{time.monotonic() - t0:5.0f}s: {len(done)} faults done, lag {lag}")
+    except BaseException:
+        halt.set()
+        console.print("[red]stopping: waiting for the fault in progress to be repaired[/]")
+        raise
     if not sent:
         raise RetailError("the chaos stream's producer failed before sending; see above")
     console.print("stream and faults done; waiting for the consumers to drain")
