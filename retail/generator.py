@@ -164,12 +164,15 @@ class StreamGenerator:
         self._rate = events_per_second
         self._customers = customers_per_region
 
+        # The stores are the same whatever the seed: a store's currency is its own (drawn from
+        # its number), so streams of different seeds into one store-day agree on it, as two
+        # days of a real store do. The seed decides everything else.
         stores = []
         for i, region in enumerate(REGIONS):
             codes, shares = zip(*REGION_CURRENCIES[region.dc], strict=True)
             for j in range(stores_per_region):
                 number = i * stores_per_region + j + 1
-                currency = rng.choices(codes, weights=shares)[0]
+                currency = random.Random(f"store-{number}").choices(codes, weights=shares)[0]
                 stores.append(Store(f"store-{number:04d}", region.dc, currency))
         self._stores: tuple[Store, ...] = tuple(stores)
         self._by_id = {s.store_id: s for s in stores}
