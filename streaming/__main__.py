@@ -35,7 +35,7 @@ from retail.metrics import StatsdMetrics
 from retail.rows import KEYSPACE, TABLES
 from retail.settings import get_settings
 from retail.topology import Topology, current_topology
-from streaming.consumer import ConsumerConfig, ConsumerStopped, RegionalConsumer, on_commit
+from streaming.consumer import ConsumerConfig, ConsumerStopped, RegionalConsumer
 from streaming.sink import CassandraSink
 
 log = logging.getLogger("streaming")
@@ -172,6 +172,7 @@ def main(
         raise typer.Exit(0) from None
     metrics = StatsdMetrics(topology.statsd.host, topology.statsd.port)
     group_id = group or group_name(topics.prefix, region)
+    workers: list[RegionalConsumer] = []  # the commit callback's target, once made
     consumer = Consumer(
         {
             **client,
@@ -195,7 +196,8 @@ def main(
             "fetch.wait.max.ms": 500,
             # Bounds what librdkafka prefetches: the consumer's memory stays small under a backlog.
             "queued.max.messages.kbytes": 16384,
-            "on_commit": on_commit,
+            # Served by the worker below (callbacks run only inside its polls).
+            "on_commit": lambda err, parts: workers[0].on_commit(err, parts),
             "logger": logging.getLogger("streaming.kafka"),
         }
     )
@@ -224,6 +226,7 @@ def main(
         latency_log=latency_log,
     )
     worker = RegionalConsumer(cfg, consumer, producer, sink, metrics, topics)
+    workers.append(worker)
     log.info(
         "consumer %s for region %s: topics %s, DC %s at %s, Kafka %s",
         group_id,

@@ -455,7 +455,7 @@ class RegionalConsumer:
 
     def _commit(self, *, sync: bool = False) -> None:
         """Commit what is written: asynchronously on the way (a failure is logged by
-        :func:`on_commit`), and waiting for the broker on a revoke and on stop."""
+        :meth:`on_commit`), and waiting for the broker on a revoke and on stop."""
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.written.items()]
         self.written = {}
         self._last_commit = time.monotonic()
@@ -558,6 +558,32 @@ class RegionalConsumer:
             self.written.pop(tp, None)
         log.warning("partitions lost (session timed out): %s", sorted(lost))
 
+    def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The commit callback. A failed commit of partitions another member now owns is
+        harmless: the next owner redoes the batch, which changes nothing. But a rebalance can
+        fail a commit (ILLEGAL_GENERATION) and leave the partitions here (cooperative
+        assignment): then nobody else would commit them, and without new messages the group
+        would stay behind for ever. Those offsets go back into the next commit."""
+        failed = [tp for tp in partitions if tp.error is not None]
+        if err is None and not failed:
+            return
+        held = {(tp.topic, tp.partition) for tp in self.consumer.assignment()} - self.lost
+        again = [
+            tp
+            for tp in (failed or partitions)
+            if (tp.topic, tp.partition) in held and tp.offset >= 0
+        ]
+        for tp in again:
+            key = (tp.topic, tp.partition)
+            self.written[key] = max(self.written.get(key, 0), tp.offset)
+        log.warning(
+            "commit failed (%s); %s",
+            err or failed[0].error,
+            f"committing again the {len(again)} partitions still ours"
+            if again
+            else "the next owner redoes it",
+        )
+
     # -- metrics --------------------------------------------------------------------------------
 
     def _count(self, batch: Batch, applied: Applied, seconds: float) -> None:
@@ -614,14 +640,6 @@ class RegionalConsumer:
                 self.metrics.gauge(
                     f"{self.m}.{Topics.short(tp.topic)}.{tp.partition}.lag", high - tp.offset
                 )
-
-
-def on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-    """The consumer's commit callback: a failed commit is harmless (the next owner redoes the
-    batch, which changes nothing) but worth a line."""
-    failed = [tp for tp in partitions if tp.error is not None]
-    if err is not None or failed:
-        log.warning("commit failed (%s); the next owner redoes it", err or failed[0].error)
 
 
 def _too_large(err: object) -> bool:

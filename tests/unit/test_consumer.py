@@ -395,3 +395,16 @@ def test_a_committed_offset_below_the_log_start_is_reported_and_not_skipped(
     assert "retail.eu-west.orders[3]" in caplog.text and "Not skipping" in caplog.text
     # The other partition goes on; partition 3 gets no commit (no seek, no skip).
     assert committed(worker) == [{("retail.eu-west.orders", 0): 8}]
+
+
+def test_a_commit_a_rebalance_failed_is_made_again_for_partitions_still_held() -> None:
+    # Under cooperative assignment a rebalance can fail a commit (ILLEGAL_GENERATION) and leave
+    # the partitions with this member: nobody else will commit them.
+    worker, _ = regional([message("retail.eu-west.orders", 0, encode(ORDER))])
+    steps_until(worker, lambda: bool(committed(worker)))
+    assert committed(worker) == [{("retail.eu-west.orders", 0): 1}]
+    held = TopicPartition("retail.eu-west.orders", 0, 1)
+    moved = TopicPartition("retail.eu-west.orders", 3, 7)  # another member's now
+    worker.on_commit(KafkaError(KafkaError.ILLEGAL_GENERATION), [held, moved])
+    steps_until(worker, lambda: len(committed(worker)) == 2)
+    assert committed(worker)[1] == {("retail.eu-west.orders", 0): 1}
