@@ -544,6 +544,10 @@ class RegionalConsumer:
             if batch:
                 batch.drop(revoked)
         self._commit(sync=True)  # while they are still ours
+        for tp in revoked:
+            # A commit that failed meanwhile was put back for the next commit (on_commit): after
+            # the revoke these offsets are the next owner's to commit, never ours.
+            self.written.pop(tp, None)
         log.info("partitions revoked: %s", sorted(revoked))
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
