@@ -38,16 +38,15 @@ from typing import Any
 from cassandra import ConsistencyLevel, RequestExecutionException
 from cassandra.cluster import NoHostAvailable, OperationTimedOut, Session
 
-from retail.aggregates import ms
 from retail.cassandra import connect, run_all
 from retail.credentials import CASSANDRA_OPS, KAFKA_OPS
 from retail.errors import RetailError
 from retail.events import Event, Order
 from retail.fuzz import Sent
 from retail.kafka import Topics, client_config
-from retail.ops.audit import DAY_RANGE, day_row_key, read_dead_letters
+from retail.ops.audit import RegionReads, day_row_key, read_dead_letters
 from retail.ops.rollups import Window, repair_rollups
-from retail.rows import BY_DAY, KEYSPACE, id_column, identity, utc_day
+from retail.rows import BY_DAY, KEYSPACE, id_column, identity
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -210,7 +209,6 @@ def _read_dc(session: Session, events: Sequence[Event]) -> tuple[dict[str, set[s
         return q
 
     by_id = {t: prepared(q) for t, q in ID_READ.items()}
-    day_range = {t: prepared(q) for t, q in DAY_RANGE.items()}
     view = prepared(VIEW_READ)
     missing: dict[str, set[str]] = defaultdict(set)
 
@@ -227,26 +225,19 @@ def _read_dc(session: Session, events: Sequence[Event]) -> tuple[dict[str, set[s
     }
 
     # By store and day: each partition once, between its events' earliest and latest time.
-    parts: dict[tuple[str, str, object], list[Event]] = defaultdict(list)
-    for e, (t, _) in zip(events, ids, strict=True):
-        parts[(t, e.store_id, utc_day(e.event_time))].append(e)
-    keys = sorted(parts, key=str)
-    statements = []
-    for t, store, day in keys:
-        times = [e.event_time for e in parts[(t, store, day)]]
-        low, high = min(times) - timedelta(milliseconds=1), max(times) + timedelta(milliseconds=1)
-        statements.append((day_range[t], (store, day, low, high)))
+    reads = RegionReads(session)
+    groups = reads.partitions(events)
+    held = reads.day_rows(events, groups, sorted(groups, key=str), ConsistencyLevel.LOCAL_QUORUM)
     duplicated: set[str] = set()
-    for key, got in zip(keys, run_all(session, statements), strict=True):
-        t = key[0]
-        seen = Counter(r[1] for r in got)
-        stored = {(ms(r[0]), r[1]) for r in got}
-        for e in parts[key]:
+    for key, rows in held.items():
+        copies, stored = Counter(ident for _, ident in rows), set(rows)
+        for i in groups[key]:
+            e = events[i]
             ident = identity(e)[1]
-            if seen[ident] > 1:
+            if copies[ident] > 1:
                 duplicated.add(ident)
             if day_row_key(e) not in stored:
-                missing[BY_DAY[t]].add(ident)
+                missing[BY_DAY[key[0]]].add(ident)
     return missing, duplicated
 
 

@@ -354,6 +354,39 @@ class RegionReads:
         self.day_range = {t: session.prepare(q) for t, q in DAY_RANGE.items()}
         self.stored_version = {t: session.prepare(q) for t, q in STORED_VERSION.items()}
 
+    @staticmethod
+    def partitions(events: Sequence[Event]) -> dict[PartitionKey, list[int]]:
+        """The store-day partitions of ``events``, each with the indexes of its events."""
+        groups: dict[PartitionKey, list[int]] = defaultdict(list)
+        for i, e in enumerate(events):
+            groups[(identity(e)[0], e.store_id, utc_day(e.event_time))].append(i)
+        return groups
+
+    def day_rows(
+        self,
+        events: Sequence[Event],
+        groups: dict[PartitionKey, list[int]],
+        keys: list[PartitionKey],
+        level: int | None = None,
+    ) -> dict[PartitionKey, list[tuple[int, str]]]:
+        """The rows of each partition in ``keys`` as (event time in ms, id), a row held twice
+        listed twice: each partition read once, between the earliest and the latest time of
+        its events in ``groups``, at ``level`` (None: the session's)."""
+        statements: list[tuple[Any, tuple[object, ...]]] = []
+        for table, store, day in keys:
+            times = [events[i].event_time for i in groups[(table, store, day)]]
+            # Cassandra keeps milliseconds: widen the bounds so truncation drops no row.
+            low = min(times) - timedelta(milliseconds=1)
+            high = max(times) + timedelta(milliseconds=1)
+            bound = self.day_range[table].bind((store, day, low, high))
+            if level is not None:
+                bound.consistency_level = level
+            statements.append((bound, ()))
+        return {
+            key: [(ms(r[0]), r[1]) for r in rows]
+            for key, rows in zip(keys, run_all(self.session, statements), strict=True)
+        }
+
     def absent_day_rows(self, events: Sequence[Event]) -> tuple[list[int], int, int]:
         """Indexes of ``events`` whose row by store and day is not stored, with the partitions
         and rows read to find out: each store-day partition is read once, between the earliest
@@ -364,28 +397,16 @@ class RegionReads:
         (``LOCAL_QUORUM``, which overlaps the consumer's write quorum) before it counts as
         absent.
         """
-        groups: dict[PartitionKey, list[int]] = defaultdict(list)
-        for i, e in enumerate(events):
-            groups[(identity(e)[0], e.store_id, utc_day(e.event_time))].append(i)
+        groups = self.partitions(events)
         rows_read = 0
 
         def read(keys: list[PartitionKey], level: int | None) -> dict[PartitionKey, list[int]]:
             """Per partition, the indexes of its events whose row was not returned."""
             nonlocal rows_read
-            statements: list[tuple[Any, tuple[object, ...]]] = []
-            for table, store, day in keys:
-                times = [events[i].event_time for i in groups[(table, store, day)]]
-                # Cassandra keeps milliseconds: widen the bounds so truncation drops no row.
-                low = min(times) - timedelta(milliseconds=1)
-                high = max(times) + timedelta(milliseconds=1)
-                bound = self.day_range[table].bind((store, day, low, high))
-                if level is not None:
-                    bound.consistency_level = level
-                statements.append((bound, ()))
             out = {}
-            for key, rows in zip(keys, run_all(self.session, statements), strict=True):
+            for key, rows in self.day_rows(events, groups, keys, level).items():
                 rows_read += len(rows)
-                stored = {(ms(r[0]), r[1]) for r in rows}
+                stored = set(rows)
                 out[key] = [i for i in groups[key] if day_row_key(events[i]) not in stored]
             return out
 
