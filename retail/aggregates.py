@@ -398,7 +398,11 @@ class Fold:
                 continue
             t = change[1]
             if complete_after is not None and t < complete_after:
-                first, last = utc_day(from_ms(t)), utc_day(from_ms(complete_after))
+                # Every day up to the newest movement folded, this batch's included: the read
+                # replaces what the fold knows, and the messages before the count are written
+                # before it (a delta of the next day folded just now is a base row by then).
+                assert stock.as_of is not None  # as_of >= complete_after
+                first, last = utc_day(from_ms(t)), utc_day(from_ms(stock.as_of))
                 days = tuple(first + timedelta(days=n) for n in range((last - first).days + 1))
                 return LateCount(self.next, key, from_ms(t), days)
         return None

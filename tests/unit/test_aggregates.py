@@ -546,3 +546,34 @@ def test_a_count_after_later_deltas_takes_only_the_deltas_after_it() -> None:
 def test_an_empty_bucket_reads_as_zero_with_no_fence() -> None:
     b = empty(HourKey("s", T0.date(), 1))
     assert (b.values(), b.fence, b.write_timestamp()) == ((0, 0, None), 0, 0)
+
+
+def test_a_late_count_takes_the_deltas_of_the_next_day_folded_in_its_own_batch() -> None:
+    # Found by `retail chaos` around midnight: a delta of the next UTC day, folded in the same
+    # batch just before a count of the previous day that arrived late, was dropped from the
+    # level (the count read only the days up to the stored state's newest movement).
+    store = ModelStore()
+    m = lambda eid, kind, q, t: InventoryMovement(  # noqa: E731
+        event_id=eid,
+        store_id="store-0001",
+        region="eu-west",
+        sku="SKU-000001",
+        kind=kind,
+        quantity=q,
+        reason="count" if kind == "absolute" else "sale",
+        event_time=t,
+    )
+    evening = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
+    morning = datetime(2026, 3, 2, 0, 3, tzinfo=UTC)
+    apply_batch(store, [(Position(TOPIC, 0, 0), m("d1", "delta", -1, evening))])
+    late = m("c", "absolute", 30, evening - timedelta(seconds=13))
+    applied = apply_batch(
+        store,
+        [
+            (Position(TOPIC, 0, 1), m("d2", "delta", -2, morning)),
+            (Position(TOPIC, 0, 2), late),
+        ],
+    )
+    assert applied.late_counts == 1
+    ((_, (values, _)),) = [store.get("StockKey", k) for k in store.scan("StockKey")]
+    assert values[0] == 30 - 1 - 2
