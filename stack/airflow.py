@@ -41,6 +41,13 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor")
 # is_authorized_dag allows POST/PUT/DELETE from "user" up).
 ROLES = {"admin": "admin", "operator": "user", "viewer": "viewer"}
 ADMIN, OPERATOR, VIEWER = "admin", "operator", "viewer"
+# A scheduler that dies takes its LocalExecutor's tasks with it, and the supervised restart finds
+# them still "running". Airflow resets a dead scheduler's tasks (and so retries them) only once
+# that scheduler has missed heartbeats for scheduler_health_check_threshold (30 s) and at the
+# next orphan check, by default 300 s later: longer than balance_check's 4-minute run timeout,
+# so the run failed instead of retrying (found by `retail chaos`). Checking every 30 s retries
+# an orphaned task within about a minute; the check is one query.
+SCHEDULER_RECOVERY = {"AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30"}
 
 
 class AirflowError(RetailError):
@@ -76,6 +83,7 @@ class AirflowServers:
             ),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            **SCHEDULER_RECOVERY,
         }
 
     @property
@@ -207,6 +215,20 @@ def wait_for_run(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 3
             return run
         time.sleep(1.0)
     raise AirflowError(f"run {run_id} of {dag_id} still {run.get('state')} after {timeout:.0f}s")
+
+
+def task_running(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 300.0) -> bool:
+    """Wait until a task of the run is seen running: True, or False if the run ended first."""
+    run = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = api.get(f"{run}/taskInstances").json().get("task_instances", [])
+        if any(t["state"] == "running" for t in tasks):
+            return True
+        if api.get(run).json().get("state") in ("success", "failed"):
+            return False
+        time.sleep(0.3)
+    raise AirflowError(f"no task of {dag_id} running after {timeout:.0f}s")
 
 
 def task_result(api: httpx.Client, dag_id: str, run_id: str, task_id: str) -> object:

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
-from urllib.parse import quote
 
 import httpx
 import typer
@@ -58,7 +57,7 @@ from retail.kafka import Topics, region_lag
 from retail.ops import repair
 from retail.rows import KEYSPACE
 from retail.topology import Topology
-from stack.airflow import AirflowServers, trigger, wait_for_run
+from stack.airflow import AirflowServers, task_running, trigger, wait_for_run
 from stack.fuzz import consumer_restarts
 from stack.local import LocalStack
 
@@ -158,7 +157,7 @@ class Injector:
         api = self.airflow.client()
         for _ in range(3):  # a run whose tasks all ended between two looks is tried again
             run_id = trigger(api, AUDITED_DAG, {})
-            if self._task_running(api, run_id):
+            if task_running(api, AUDITED_DAG, run_id):
                 break
         else:
             raise RetailError(f"no task of {AUDITED_DAG} was seen running in three runs")
@@ -172,21 +171,13 @@ class Injector:
 
         repaired, recovery = self._healthy_after(restart)
         run = wait_for_run(self.airflow.client(), AUDITED_DAG, run_id, timeout=600)
+        if run["state"] != "success":
+            raise RetailError(
+                f"the {AUDITED_DAG} run {run_id} the kill interrupted ended {run['state']}: "
+                "its task was not retried after the scheduler came back (its log and the "
+                "scheduler's are under the stack's airflow directory)"
+            )
         return repaired, recovery, f"{AUDITED_DAG} run {run['state']}"
-
-    @staticmethod
-    def _task_running(api: httpx.Client, run_id: str, timeout: float = 300.0) -> bool:
-        """Whether a task of the run is seen running (False: the run ended first)."""
-        run = f"/dags/{AUDITED_DAG}/dagRuns/{quote(run_id, safe='')}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            tasks = api.get(f"{run}/taskInstances").json().get("task_instances", [])
-            if any(t["state"] == "running" for t in tasks):
-                return True
-            if api.get(run).json().get("state") in ("success", "failed"):
-                return False
-            time.sleep(0.3)
-        raise RetailError(f"no task of {AUDITED_DAG} running after {timeout:.0f}s")
 
 
 def _repair(stack: LocalStack, topology: Topology) -> None:

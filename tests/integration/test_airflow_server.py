@@ -19,6 +19,7 @@ from stack.airflow import (
     OPERATOR,
     AirflowServers,
     task_result,
+    task_running,
     trigger,
     wait_for_dag,
     wait_for_run,
@@ -168,3 +169,31 @@ def test_the_ui_trigger_form_refuses_invalid_params(
         assert runs["total_entries"] == runs_before, runs["dag_runs"]
         assert all(r["conf"].get("topic_prefix") != bad_prefix for r in runs["dag_runs"])
         assert api.get("/dags/balance_check").json()["is_paused"] is True
+
+
+def test_a_task_the_scheduler_took_down_with_it_is_retried_and_its_run_succeeds(
+    servers: AirflowServers, api: httpx.Client
+) -> None:
+    # The scheduler is SIGKILLed (its whole process group: the LocalExecutor's task processes go
+    # with it) while a balance_check task runs, and started again, as a supervisor would. The run
+    # must still succeed within the DAG's 4-minute run timeout: the task is retried.
+    for _ in range(3):  # a run whose task ended between two looks is tried again
+        run_id = trigger(api, "balance_check", {})
+        if task_running(api, "balance_check", run_id, timeout=180):
+            break
+    else:
+        pytest.fail("no balance_check task was seen running in three runs")
+    scheduler = next(p for p in servers.processes() if p.name == "airflow-scheduler")
+    assert scheduler.kill()
+    scheduler.start()
+    servers.wait_healthy(300)
+
+    try:
+        run = wait_for_run(api, "balance_check", run_id, timeout=400)
+    finally:
+        set_paused(api, "balance_check", True)  # no scheduled runs for the rest of the module
+    assert run["state"] == "success"
+    tries = api.get(
+        f"/dags/balance_check/dagRuns/{quote(run_id, safe='')}/taskInstances/check_balance"
+    ).json()["try_number"]
+    assert tries >= 2, "the kill did not interrupt the task it was meant to"
