@@ -299,6 +299,9 @@ def read_once(topology: Topology, topics: Topics, sent: Sent) -> Findings:
     )
 
 
+AFTER_REPAIR = 60.0  # seconds of reading again after the repair
+
+
 def reconcile(
     topology: Topology,
     topics: Topics,
@@ -316,7 +319,7 @@ def reconcile(
     loses the hints it had not flushed yet (every 10 s), and its DC's writes then reach the
     other DCs only through anti-entropy repair, Cassandra's guarantee and the platform's
     ``replication_repair`` DAG. So: read for ``hints_wait`` seconds; if the DCs still differ,
-    ``repair()`` and read again until ``timeout``. The result keeps what the repair had to
+    ``repair()`` and read again for a minute. The result keeps what the repair had to
     bring (``*_before_repair``)."""
     found = _converged(topology, topics, sent, hints_wait, progress)
     if found.ok or repair is None:
@@ -327,7 +330,9 @@ def reconcile(
         "replication_repair DAG would"
     )
     repair()
-    after = _converged(topology, topics, sent, timeout, progress)
+    # Drained, hinted and repaired: nothing can change any more, so what stays wrong a minute
+    # after the repair stays wrong (not a quarter of an hour of reading the same answer).
+    after = _converged(topology, topics, sent, min(timeout, AFTER_REPAIR), progress)
     after.lost_before_repair = found.lost
     after.lost_in_home_dc_before_repair = found.lost_in_home_dc
     after.rollup_buckets_wrong_before_repair = found.rollup_buckets_wrong
