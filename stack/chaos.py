@@ -171,12 +171,6 @@ class Injector:
 
         repaired, recovery = self._healthy_after(restart)
         run = wait_for_run(self.airflow.client(), AUDITED_DAG, run_id, timeout=600)
-        if run["state"] != "success":
-            raise RetailError(
-                f"the {AUDITED_DAG} run {run_id} the kill interrupted ended {run['state']}: "
-                "its task was not retried after the scheduler came back (its log and the "
-                "scheduler's are under the stack's airflow directory)"
-            )
         return repaired, recovery, f"{AUDITED_DAG} run {run['state']}"
 
 
