@@ -521,18 +521,26 @@ def test_a_stale_writer_never_overwrites_a_newer_state() -> None:
     assert ts == 2 * FENCE_STEP
 
 
-def test_a_count_after_later_deltas_takes_only_the_deltas_after_it() -> None:
-    store = ModelStore()
-    m = lambda eid, kind, q, minutes: InventoryMovement(  # noqa: E731
-        event_id=eid,
+def movement(event_id: str, kind: str, quantity: int, t: datetime) -> InventoryMovement:
+    """A movement of store-0001's SKU-000001."""
+    return InventoryMovement(
+        event_id=event_id,
         store_id="store-0001",
         region="eu-west",
         sku="SKU-000001",
         kind=kind,
-        quantity=q,
+        quantity=quantity,
         reason="count" if kind == "absolute" else "sale",
-        event_time=T0 + timedelta(minutes=minutes),
+        event_time=t,
     )
+
+
+def test_a_count_after_later_deltas_takes_only_the_deltas_after_it() -> None:
+    store = ModelStore()
+
+    def m(eid: str, kind: str, q: int, minutes: int) -> InventoryMovement:
+        return movement(eid, kind, q, T0 + timedelta(minutes=minutes))
+
     msgs = [m("a", "absolute", 10, 0), m("d1", "delta", -1, 5), m("d2", "delta", -2, 20)]
     for i, e in enumerate(msgs):
         apply_batch(store, [(Position(TOPIC, 0, i), e)])
@@ -553,16 +561,7 @@ def test_a_late_count_takes_the_deltas_of_the_next_day_folded_in_its_own_batch()
     # batch just before a count of the previous day that arrived late, was dropped from the
     # level (the count read only the days up to the stored state's newest movement).
     store = ModelStore()
-    m = lambda eid, kind, q, t: InventoryMovement(  # noqa: E731
-        event_id=eid,
-        store_id="store-0001",
-        region="eu-west",
-        sku="SKU-000001",
-        kind=kind,
-        quantity=q,
-        reason="count" if kind == "absolute" else "sale",
-        event_time=t,
-    )
+    m = movement
     evening = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
     morning = datetime(2026, 3, 2, 0, 3, tzinfo=UTC)
     apply_batch(store, [(Position(TOPIC, 0, 0), m("d1", "delta", -1, evening))])
