@@ -229,8 +229,8 @@ def _read_dc(session: Session, events: Sequence[Event]) -> tuple[dict[str, set[s
     groups = reads.partitions(events)
     held = reads.day_rows(events, groups, sorted(groups, key=str), ConsistencyLevel.LOCAL_QUORUM)
     duplicated: set[str] = set()
-    for key, rows in held.items():
-        copies, stored = Counter(ident for _, ident in rows), set(rows)
+    for key, day_rows in held.items():
+        copies, stored = Counter(ident for _, ident in day_rows), set(day_rows)
         for i in groups[key]:
             e = events[i]
             ident = identity(e)[1]

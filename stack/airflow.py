@@ -231,6 +231,16 @@ def task_running(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 3
     raise AirflowError(f"no task of {dag_id} running after {timeout:.0f}s")
 
 
+def trigger_while_running(api: httpx.Client, dag_id: str, conf: dict, tries: int = 3) -> str:
+    """Trigger runs of ``dag_id`` until one is seen with a task running; its run id (a run
+    whose tasks all ended between two looks is tried again, ``tries`` times in all)."""
+    for _ in range(tries):
+        run_id = trigger(api, dag_id, conf)
+        if task_running(api, dag_id, run_id):
+            return run_id
+    raise AirflowError(f"no task of {dag_id} was seen running in {tries} runs")
+
+
 def task_result(api: httpx.Client, dag_id: str, run_id: str, task_id: str) -> object:
     """What ``task_id`` returned in the run (its XCom), or None."""
     resp = api.get(

@@ -57,7 +57,7 @@ from retail.kafka import Topics, region_lag
 from retail.ops import repair
 from retail.rows import KEYSPACE
 from retail.topology import Topology
-from stack.airflow import AirflowServers, task_running, trigger, wait_for_run
+from stack.airflow import AirflowServers, trigger_while_running, wait_for_run
 from stack.fuzz import consumer_restarts
 from stack.local import LocalStack
 
@@ -154,13 +154,7 @@ class Injector:
         return (*self._healthy_after(lambda: self.stack.start(fault.target, timeout=300)), detail)
 
     def _scheduler_kill(self, fault: Fault) -> tuple[float, float, str]:
-        api = self.airflow.client()
-        for _ in range(3):  # a run whose tasks all ended between two looks is tried again
-            run_id = trigger(api, AUDITED_DAG, {})
-            if task_running(api, AUDITED_DAG, run_id):
-                break
-        else:
-            raise RetailError(f"no task of {AUDITED_DAG} was seen running in three runs")
+        run_id = trigger_while_running(self.airflow.client(), AUDITED_DAG, {})
         scheduler = next(p for p in self.airflow.processes() if p.name == fault.target)
         scheduler.kill()
         time.sleep(2)
