@@ -32,7 +32,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any
 
 from cassandra import ConsistencyLevel, RequestExecutionException
@@ -241,6 +241,38 @@ def _read_dc(session: Session, events: Sequence[Event]) -> tuple[dict[str, set[s
     return missing, duplicated
 
 
+def _stock_story(session: Session, store: str, sku: str, days: Sequence[date]) -> str:
+    """What a wrong stock bucket holds (its count, newest movement, watermark and fence) and
+    the SKU's movements of the run in time order with the Kafka position each came from: what
+    it takes to tell a lost count from a lost delta without the stack at hand."""
+    row = session.execute(
+        f"SELECT count_time, count_event_id, count_level, as_of, watermark, "
+        f"WRITETIME(quantity) AS fence FROM {KEYSPACE}.stock_by_store "
+        "WHERE store_id = %s AND sku = %s",
+        (store, sku),
+    ).one()
+    moves = [
+        r
+        for day in days
+        for r in session.execute(
+            f"SELECT event_time, event_id, sku, kind, quantity "
+            f"FROM {KEYSPACE}.inventory_by_store_day WHERE store_id = %s AND day = %s",
+            (store, day),
+        )
+        if r.sku == sku
+    ]
+    told = []
+    for m in sorted(moves, key=lambda m: (m.event_time, m.event_id)):
+        found = session.execute(
+            f"SELECT source FROM {KEYSPACE}.inventory_movements WHERE event_id = %s",
+            (m.event_id,),
+        ).one()
+        at = found.source if found else "no id row"
+        told.append(f"{m.event_time:%H:%M:%S.%f}"[:-3] + f" {m.kind} {m.quantity} {at}")
+    held = "no row" if row is None else ", ".join(f"{k} {v}" for k, v in row._asdict().items())
+    return f"  {store} {sku} holds {held}; movements: {'; '.join(told) or 'none'}"
+
+
 def run_window(events: Sequence[Event]) -> Window:
     """The whole UTC hours the events' times fall in."""
     first = min(e.event_time for e in events).astimezone(UTC)
@@ -268,10 +300,11 @@ def read_once(topology: Topology, topics: Topics, sent: Sent) -> Findings:
                     session, regions, run_window(events), correct=False, progress=log.debug
                 )
                 wrong += len(report.fixes)
-                examples += [
-                    f"{dc}: {c.table} {c.to_dict()['key']} stored {c.stored}, expected {c.expected}"
-                    for c in report.fixes[:3]
-                ]
+                for c in report.fixes[:3]:
+                    line = f"{dc}: {c.table} {c.to_dict()['key']} stored {c.stored}, expected "
+                    examples.append(line + str(c.expected))
+                    if c.table == "stock_by_store":
+                        examples.append(_stock_story(session, *c.key, run_window(events).days))
         finally:
             cluster.shutdown()
         for table, keys in sorted(missing.items()):

@@ -101,6 +101,10 @@ write_jolokia_config() {
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ] || [ "$1" = cassandra ]; then
     secure
     set_key materialized_views_enabled "${CASSANDRA_MATERIALIZED_VIEWS_ENABLED:-true}"
+    # An acknowledged write survives a crash of its node, as on the local stack (DESIGN.md,
+    # "Cassandra's commit log"): batch sync, which takes no sync period.
+    set_key commitlog_sync batch
+    drop_block commitlog_sync_period
     if [ -n "${CASSANDRA_INITIAL_TOKEN:-}" ]; then
         set_key initial_token "\"${CASSANDRA_INITIAL_TOKEN}\""
     fi

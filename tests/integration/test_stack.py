@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from retail.cassandra import connect
+from retail.credentials import CASSANDRA_CONSUMER
 from retail.topology import REGIONS, Topology
 from stack.local import LocalStack
 from tests.integration.conftest import retail, status_json
@@ -153,6 +158,47 @@ def test_a_killed_node_shows_down_and_start_brings_it_back(healthy: LocalStack) 
     code, st = status_json()
     assert code == 0, st
     assert all(n["state"] == "UN" for n in st["nodes"])
+
+
+def test_a_write_acknowledged_just_before_its_node_crashes_is_still_there_after(
+    healthy: LocalStack, topology: Topology, schema: object
+) -> None:
+    """A consumer commits its Kafka offsets once its writes are acknowledged, so a node that
+    crashes must not lose what it acknowledged. With the periodic commit log it did: the tail
+    written since the last sync marker (up to the sync period) was not replayed at restart."""
+    node = next(c for c in healthy.components(topology) if c.name == "us-east-1")
+    pid = node.process.pid()
+    assert pid
+    cluster, session = connect(topology, "us-east", role=CASSANDRA_CONSUMER)
+    insert = session.prepare(
+        "INSERT INTO retail.inventory_movements (event_id, store_id, region, sku, kind, "
+        "quantity, event_time, source) VALUES (?, 'store-crash', 'us-east', 'SKU-1', 'delta', "
+        "1, ?, 'crash test')"
+    )
+    ids = [f"crash-{uuid.uuid4()}" for _ in range(40)]
+    try:
+        for event_id in ids:  # each acknowledged at LOCAL_QUORUM before the next
+            session.execute(insert, (event_id, datetime.now(UTC)))
+        os.kill(pid, signal.SIGKILL)  # at once: no sync of the commit log in between
+    finally:
+        cluster.shutdown()
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    retail("stack", "start", "us-east-1")
+
+    cluster, session = connect(
+        topology, "us-east", role=CASSANDRA_CONSUMER, pin_to_dc=True, consistency_level="LOCAL_ONE"
+    )
+    try:
+        read = session.prepare("SELECT event_id FROM retail.inventory_movements WHERE event_id = ?")
+        lost = [i for i in ids if session.execute(read, (i,)).one() is None]
+        delete = session.prepare("DELETE FROM retail.inventory_movements WHERE event_id = ?")
+        for event_id in ids:
+            session.execute(delete, (event_id,))
+    finally:
+        cluster.shutdown()
+    assert lost == [], f"{len(lost)} of {len(ids)} acknowledged writes lost by the crash"
 
 
 def _processes_in(directory: Path) -> list[int]:
