@@ -24,6 +24,9 @@ def servers(local_stack: LocalStack) -> Iterator[AirflowServers]:
     try:
         with servers.client(ADMIN) as admin:
             wait_for_dag(admin, DAG_ID)
+            # Paused, so that a trigger here only queues a run: a browser test before this one
+            # may have unpaused it, and a running run can be neither stopped nor deleted here.
+            admin.patch(f"/dags/{DAG_ID}", json={"is_paused": True}).raise_for_status()
         yield servers
     finally:
         servers.down()
@@ -64,7 +67,7 @@ def test_the_operators_trigger_is_accepted(servers: AirflowServers) -> None:
         assert resp.status_code == 200, resp.text
         run_id = resp.json()["dag_run_id"]
         assert resp.json()["triggering_user_name"] == OPERATOR
-    # The DAG stays paused, so the run only waits: the admin removes it again.
+    # The DAG is paused (see the fixture), so the run only waits: the admin removes it again.
     with servers.client(ADMIN) as admin:
         gone = admin.delete(f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}")
         assert gone.status_code == 204, gone.text
