@@ -340,6 +340,9 @@ class Fold:
         # not in memory, so at first it knows all of them only after the stored as_of.
         self._known: dict[StockKey, dict[str, tuple[int, int]]] = {}
         self._complete_after: dict[StockKey, int | None] = {}
+        # Buckets read already holding a message of this batch (a replay): written again as
+        # read, see changed().
+        self._replayed: set[BucketKey] = set()
 
     def run(self) -> LateCount | None:
         while self.next < len(self.resolved):
@@ -363,6 +366,8 @@ class Fold:
                 bucket = self.buckets[key] = empty(key)
             if offset > bucket.watermark.get(stream, -1):
                 due.append((key, bucket, changes))
+            else:
+                self._replayed.add(key)
         for key, bucket, changes in due:
             if isinstance(key, StockKey):
                 late = self._late(key, bucket, changes)
@@ -444,15 +449,23 @@ class Fold:
             stock.as_of = t
 
     def written(self) -> None:
-        """The buckets folded so far are written: their fences move on."""
+        """The buckets of :meth:`changed` are written: their fences move on."""
         for bucket in self.buckets.values():
             if bucket.folded:
                 bucket.fence = bucket.write_timestamp()
                 bucket.folded = 0
+        self._replayed.clear()
 
     def changed(self) -> list[tuple[BucketKey, Bucket]]:
-        """The buckets folded into since they were read or last written."""
-        return [(k, b) for k, b in self.buckets.items() if b.folded]
+        """The buckets to write: those folded into since they were read or last written, and
+        those read already holding a message of this batch. The latter are written again as
+        they were read, at their own timestamp: such a state may have been left on one replica
+        only, by a write that timed out or a process that died before its quorum answered, and
+        a read at LOCAL_ONE found it there. Left so, the next batch could read the other replica,
+        fold from the state before, and reach the same timestamp with other values; Cassandra
+        settles such a tie cell by cell and drops a message's contribution. Written again, the
+        state is on the quorum before the batch's rows and commit build on it."""
+        return [(k, b) for k, b in self.buckets.items() if b.folded or k in self._replayed]
 
 
 def _newer_count(stock: Stock, change: tuple[Any, ...]) -> bool:
