@@ -12,7 +12,8 @@ Four mechanisms keep that exact (DESIGN.md, "Exact aggregates"):
   an id *is* (an order's store; a movement's store, SKU or kind) is a *conflict*: dead-lettered.
 * **Watermark.** A bucket keeps, per Kafka partition, the offset of the last message folded into
   it. A message at or below it is skipped: a replay after a crash folds nothing twice, even when
-  the crash left some buckets written and others not.
+  the crash left some buckets written and others not. Such a bucket is written again as it was
+  read (:meth:`Fold.changed`): what was read may be on one replica only.
 * **Fence.** A bucket's cells are written with a timestamp of the stored row's own newest write
   time plus :data:`FENCE_STEP` per message folded. Two writers folding the same partition's
   messages from the same state reach the same timestamp with the same values; the one that has

@@ -38,6 +38,7 @@ from typing import Any
 from cassandra import ConsistencyLevel, RequestExecutionException
 from cassandra.cluster import NoHostAvailable, OperationTimedOut, Session
 
+from retail.aggregates import KEY_OF, HourKey, ProductKey, StockKey, bucket_from_row
 from retail.cassandra import connect, run_all
 from retail.credentials import CASSANDRA_OPS, KAFKA_OPS
 from retail.errors import RetailError
@@ -46,7 +47,7 @@ from retail.fuzz import Sent
 from retail.kafka import Topics, client_config
 from retail.ops.audit import RegionReads, day_row_key, read_dead_letters
 from retail.ops.rollups import Window, repair_rollups
-from retail.rows import BY_DAY, KEYSPACE, id_column, identity
+from retail.rows import BY_DAY, KEYSPACE, id_column, identity, rollup_read
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -241,36 +242,68 @@ def _read_dc(session: Session, events: Sequence[Event]) -> tuple[dict[str, set[s
     return missing, duplicated
 
 
-def _stock_story(session: Session, store: str, sku: str, days: Sequence[date]) -> str:
-    """What a wrong stock bucket holds (its count, newest movement, watermark and fence) and
-    the SKU's movements of the run in time order with the Kafka position each came from: what
-    it takes to tell a lost count from a lost delta without the stack at hand."""
-    row = session.execute(
-        f"SELECT count_time, count_event_id, count_level, as_of, watermark, "
-        f"WRITETIME(quantity) AS fence FROM {KEYSPACE}.stock_by_store "
-        "WHERE store_id = %s AND sku = %s",
-        (store, sku),
-    ).one()
-    moves = [
-        r
-        for day in days
-        for r in session.execute(
-            f"SELECT event_time, event_id, sku, kind, quantity "
-            f"FROM {KEYSPACE}.inventory_by_store_day WHERE store_id = %s AND day = %s",
-            (store, day),
-        )
-        if r.sku == sku
-    ]
-    told = []
-    for m in sorted(moves, key=lambda m: (m.event_time, m.event_id)):
-        found = session.execute(
-            f"SELECT source FROM {KEYSPACE}.inventory_movements WHERE event_id = %s",
-            (m.event_id,),
-        ).one()
-        at = found.source if found else "no id row"
-        told.append(f"{m.event_time:%H:%M:%S.%f}"[:-3] + f" {m.kind} {m.quantity} {at}")
-    held = "no row" if row is None else ", ".join(f"{k} {v}" for k, v in row._asdict().items())
-    return f"  {store} {sku} holds {held}; movements: {'; '.join(told) or 'none'}"
+def _bucket_story(session: Session, table: str, key: tuple[Any, ...], days: Sequence[date]) -> str:
+    """What a wrong bucket holds (values, watermark, fence) and the base rows it is counted
+    from, in Kafka order, each with its time, its contribution and the position it came from:
+    what it takes to tell a lost write from a skipped or a tied one without the stack at hand.
+    For stock the SKU's movements of the run's days, for sales the orders of the store-day."""
+    bucket_key = KEY_OF[table](*key)
+    read = session.prepare(rollup_read(table))
+    found = session.execute(read, (*key[:-1], [key[-1]])).one()
+    if found is None:
+        held = "no row"
+    else:
+        b = bucket_from_row(table, found)
+        held = f"{b.values()}, watermark {b.watermark}, fence {b.fence}"
+    if isinstance(bucket_key, StockKey):
+        base, by_id = "inventory_by_store_day", "inventory_movements"
+        reads = [(bucket_key.store_id, d) for d in days]
+    else:
+        base, by_id = "orders_by_store_day", "orders"
+        reads = [(bucket_key.store_id, bucket_key.day)]
+    q = {name: session.prepare(cql) for name, cql in _STORY_READS.items()}
+    rows = [r for got in run_all(session, [(q[base], k) for k in reads]) for r in got]
+    if isinstance(bucket_key, StockKey):
+        rows = [r for r in rows if r.sku == bucket_key.sku]
+    elif isinstance(bucket_key, HourKey):
+        rows = [r for r in rows if r.event_time.hour == bucket_key.hour]
+    elif isinstance(bucket_key, ProductKey):
+        rows = [r for r in rows if any(li.sku == bucket_key.sku for li in r.lines or ())]
+    ids = [(q[by_id], (r[1],)) for r in rows]
+    sources = [got[0].source if got else "no id row" for got in run_all(session, ids)]
+    told = sorted(
+        (_offset(src), f"{r.event_time:%H:%M:%S.%f}"[:-3] + f" {_contribution(r)} {src}")
+        for r, src in zip(rows, sources, strict=True)
+    )
+    what = "movements" if isinstance(bucket_key, StockKey) else "orders"
+    return f"  it holds {held}; {what} in Kafka order: {'; '.join(t for _, t in told) or 'none'}"
+
+
+# The base rows a bucket is counted from (id first), and where each id's row says it came from.
+_STORY_READS = {
+    "inventory_by_store_day": (
+        f"SELECT event_time, event_id, sku, kind, quantity FROM {KEYSPACE}.inventory_by_store_day "
+        "WHERE store_id = ? AND day = ?"
+    ),
+    "orders_by_store_day": (
+        f"SELECT event_time, order_id, total_cents, lines FROM {KEYSPACE}.orders_by_store_day "
+        "WHERE store_id = ? AND day = ?"
+    ),
+    "inventory_movements": f"SELECT source FROM {KEYSPACE}.inventory_movements WHERE event_id = ?",
+    "orders": f"SELECT source FROM {KEYSPACE}.orders WHERE order_id = ?",
+}
+
+
+def _contribution(row: Any) -> str:
+    if hasattr(row, "kind"):
+        return f"{row.kind} {row.quantity}"
+    return f"{row.order_id} {row.total_cents}"
+
+
+def _offset(source: str) -> int:
+    """The offset of a ``topic[partition]@offset`` source (-1 when there is none)."""
+    _, at, offset = source.rpartition("@")
+    return int(offset) if at and offset.isdigit() else -1
 
 
 def run_window(events: Sequence[Event]) -> Window:
@@ -303,8 +336,11 @@ def read_once(topology: Topology, topics: Topics, sent: Sent) -> Findings:
                 for c in report.fixes[:3]:
                     line = f"{dc}: {c.table} {c.to_dict()['key']} stored {c.stored}, expected "
                     examples.append(line + str(c.expected))
-                    if c.table == "stock_by_store":
-                        examples.append(_stock_story(session, *c.key, run_window(events).days))
+                    try:
+                        story = _bucket_story(session, c.table, c.key, report.window.days)
+                    except (RequestExecutionException, NoHostAvailable, OperationTimedOut) as exc:
+                        story = f"  (its base rows could not be read: {exc})"
+                    examples.append(story)
         finally:
             cluster.shutdown()
         for table, keys in sorted(missing.items()):
