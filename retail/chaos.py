@@ -46,8 +46,8 @@ from retail.events import Event, Order
 from retail.fuzz import Sent
 from retail.kafka import Topics, client_config
 from retail.ops.audit import RegionReads, day_row_key, read_dead_letters
-from retail.ops.rollups import Window, repair_rollups
-from retail.rows import BY_DAY, KEYSPACE, id_column, identity, rollup_read
+from retail.ops.rollups import REPAIR_QUERIES, Window, repair_rollups
+from retail.rows import BASE, BY_DAY, KEYSPACE, id_column, identity, rollup_read
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -256,42 +256,37 @@ def _bucket_story(session: Session, table: str, key: tuple[Any, ...], days: Sequ
         b = bucket_from_row(table, found)
         held = f"{b.values()}, watermark {b.watermark}, fence {b.fence}"
     if isinstance(bucket_key, StockKey):
-        base, by_id = "inventory_by_store_day", "inventory_movements"
+        base, by_id = "store_day_movements", "inventory_movements"
         reads = [(bucket_key.store_id, d) for d in days]
     else:
-        base, by_id = "orders_by_store_day", "orders"
+        base, by_id = "store_day_orders", "orders"
         reads = [(bucket_key.store_id, bucket_key.day)]
-    q = {name: session.prepare(cql) for name, cql in _STORY_READS.items()}
-    rows = [r for got in run_all(session, [(q[base], k) for k in reads]) for r in got]
+    # The base rows as the repair reads them, and the ids' positions: one IN read per 100 ids.
+    base_read = session.prepare(REPAIR_QUERIES[base])
+    rows = [r for got in run_all(session, [(base_read, k) for k in reads]) for r in got]
     if isinstance(bucket_key, StockKey):
         rows = [r for r in rows if r.sku == bucket_key.sku]
     elif isinstance(bucket_key, HourKey):
         rows = [r for r in rows if r.event_time.hour == bucket_key.hour]
     elif isinstance(bucket_key, ProductKey):
         rows = [r for r in rows if any(li.sku == bucket_key.sku for li in r.lines or ())]
-    ids = [(q[by_id], (r[1],)) for r in rows]
-    sources = [got[0].source if got else "no id row" for got in run_all(session, ids)]
-    told = sorted(
-        (_offset(src), f"{r.event_time:%H:%M:%S.%f}"[:-3] + f" {_contribution(r)} {src}")
-        for r, src in zip(rows, sources, strict=True)
-    )
+    id_col = id_column(by_id)
+    ids = sorted({getattr(r, id_col) for r in rows})
+    source_read = session.prepare(BASE[by_id].read((id_col, "source"), many=True))
+    chunks = [(source_read, (ids[i : i + _IN_CHUNK],)) for i in range(0, len(ids), _IN_CHUNK)]
+    sources = {getattr(r, id_col): r.source for got in run_all(session, chunks) for r in got}
+    told = []
+    for r in rows:
+        src = sources.get(getattr(r, id_col), "no id row")
+        line = f"{r.event_time:%H:%M:%S.%f}"[:-3] + f" {_contribution(r)} {src}"
+        told.append((_offset(src), line))
     what = "movements" if isinstance(bucket_key, StockKey) else "orders"
-    return f"  it holds {held}; {what} in Kafka order: {'; '.join(t for _, t in told) or 'none'}"
+    return f"  it holds {held}; {what} in Kafka order: " + (
+        "; ".join(t for _, t in sorted(told)) or "none"
+    )
 
 
-# The base rows a bucket is counted from (id first), and where each id's row says it came from.
-_STORY_READS = {
-    "inventory_by_store_day": (
-        f"SELECT event_time, event_id, sku, kind, quantity FROM {KEYSPACE}.inventory_by_store_day "
-        "WHERE store_id = ? AND day = ?"
-    ),
-    "orders_by_store_day": (
-        f"SELECT event_time, order_id, total_cents, lines FROM {KEYSPACE}.orders_by_store_day "
-        "WHERE store_id = ? AND day = ?"
-    ),
-    "inventory_movements": f"SELECT source FROM {KEYSPACE}.inventory_movements WHERE event_id = ?",
-    "orders": f"SELECT source FROM {KEYSPACE}.orders WHERE order_id = ?",
-}
+_IN_CHUNK = 100  # ids per IN read of their positions
 
 
 def _contribution(row: Any) -> str:
