@@ -18,7 +18,8 @@ Address plan (all loopback, so nothing ever listens beyond this machine):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,9 @@ class CassandraNode:
     token: int
     jmx_port: int
     is_seed: bool
+    # A node added to a running DC (`retail stack add-node`): it bootstraps, streaming the
+    # ranges its token takes over, where the nodes of a new cluster start with nothing to fetch.
+    auto_bootstrap: bool = False
     cql_port: int = CQL_PORT
     storage_port: int = STORAGE_PORT
     exporter_port: int = CASSANDRA_EXPORTER_PORT
@@ -224,6 +228,85 @@ def balanced_tokens(count: int, dc_offset: int) -> list[int]:
     all nodes can start at once: no vnode allocation, no bootstrap streaming.
     """
     return [i * (2**64 // count) - 2**63 + 100 * dc_offset for i in range(count)]
+
+
+RING = 2**64
+
+
+def joining_token(dc: DataCenter, taken: Collection[int] = ()) -> int:
+    """The token of a node joining ``dc``: the middle of the widest gap between the DC's tokens
+    (the first such gap in ring order on a tie), so the node takes half of the busiest range.
+
+    From one node to two this is :func:`balanced_tokens`'s second token, an exactly even DC;
+    from two to three it leaves 50/25/25 (evening that out would move every node's token). A
+    token another node of the cluster holds (``taken``) is stepped past.
+    """
+    tokens = sorted(n.token for n in dc.nodes)
+    if not tokens:
+        raise ConfigError(f"{dc.name} has no nodes to join; start the stack first")
+    # The gap ending at tokens[i] starts at tokens[i - 1] (for i = 0, the last token).
+    spans = [((tokens[i] - tokens[i - 1]) % RING or RING, i) for i in range(len(tokens))]
+    span, i = max(spans, key=lambda s: (s[0], -((tokens[s[1] - 1] + 2**63) % RING)))
+    token = (tokens[i - 1] + span // 2 + 2**63) % RING - 2**63
+    while token in taken:
+        token = (token + 1 + 2**63) % RING - 2**63
+    return token
+
+
+def with_node_added(topology: Topology, dc_name: str) -> tuple[Topology, CassandraNode]:
+    """``topology`` with one more node in ``dc_name`` (the lowest free number, its address and
+    JMX port by the address plan, a rack in turn, :func:`joining_token`), and that node.
+
+    The DC's replication factor stays: raising it is a decision of its own (ALTER KEYSPACE,
+    then a repair), and a join keeps every replica where it is until the cleanup.
+    """
+    dc = topology.datacenter(dc_name)
+    if len(dc.nodes) >= MAX_NODES_PER_DC:
+        raise ConfigError(f"{dc_name} has {len(dc.nodes)} nodes, the most a DC may have here")
+    region = next(r for r in REGIONS if r.dc == dc_name)
+    numbers = {int(n.name.rsplit("-", 1)[1]) for n in dc.nodes}
+    i = min(set(range(1, MAX_NODES_PER_DC + 1)) - numbers)
+    racks = min(len(dc.nodes) + 1, MAX_RACKS)
+    node = CassandraNode(
+        name=f"{dc_name}-{i}",
+        dc=dc_name,
+        rack=f"rack{(i - 1) % racks + 1}",
+        address=f"127.0.{region.index}.{i}",
+        token=joining_token(dc, {n.token for n in topology.nodes}),
+        jmx_port=7000 + 100 * region.index + i,
+        is_seed=False,
+        auto_bootstrap=True,
+    )
+    nodes = tuple(sorted((*dc.nodes, node), key=lambda n: int(n.name.rsplit("-", 1)[1])))
+    return _replace_dc(topology, replace(dc, nodes=nodes)), node
+
+
+def without_node(topology: Topology, name: str) -> Topology:
+    """``topology`` without node ``name``; refuses what would lose data or the DC's seed."""
+    node = topology.node(name)
+    dc = topology.datacenter(node.dc)
+    rest = tuple(n for n in dc.nodes if n != node)
+    if not rest:
+        raise ConfigError(
+            f"{name} is the last node of {dc.name}: removing it would lose the DC's data"
+        )
+    if len(rest) < dc.replication_factor:
+        raise ConfigError(
+            f"{dc.name} keeps {dc.replication_factor} copies of every row (replication factor "
+            f"{dc.replication_factor}); without {name} it would have {len(rest)} nodes to hold "
+            "them. Lower the DC's replication factor first, or add a node before removing this one"
+        )
+    if node.is_seed:
+        raise ConfigError(
+            f"{name} is {dc.name}'s seed: the other nodes and every new one find the cluster "
+            "through it. Remove another node of the DC"
+        )
+    return _replace_dc(topology, replace(dc, nodes=rest))
+
+
+def _replace_dc(topology: Topology, dc: DataCenter) -> Topology:
+    dcs = tuple(dc if d.name == dc.name else d for d in topology.datacenters)
+    return replace(topology, datacenters=dcs)
 
 
 def parse_node_counts(spec: str | int) -> dict[str, int]:

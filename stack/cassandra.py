@@ -40,6 +40,7 @@ def write_config(stack_dir: Path, topology: Topology, node: CassandraNode) -> Pa
     yaml = string.Template((TEMPLATES / "cassandra.yaml").read_text()).substitute(
         cluster_name=topology.cluster_name,
         token=node.token,
+        auto_bootstrap="true" if node.auto_bootstrap else "false",
         seeds=",".join(f"{s.address}:{s.storage_port}" for s in topology.seeds),
         address=node.address,
         storage_port=node.storage_port,

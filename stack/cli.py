@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.status import Status
 from rich.table import Table
 
 from retail.topology import PROFILES, profile_topology
@@ -68,11 +69,15 @@ class LiveReporter(Reporter):
 
 
 ProfileOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--profile",
         "-p",
-        help="Stack size: " + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()),
+        help="Stack size: "
+        + "; ".join(f"{k}: {v.description}" for k, v in PROFILES.items())
+        + ". Without it (and without --nodes-per-dc or --brokers), `up` starts the stack "
+        "recorded here as it was last shaped (nodes added or removed included), or profile test "
+        "if there is none.",
     ),
 ]
 NodesOpt = Annotated[
@@ -99,7 +104,7 @@ def fetch() -> None:
 
 @app.command()
 def up(
-    profile: ProfileOpt = "test",
+    profile: ProfileOpt = None,
     nodes_per_dc: NodesOpt = None,
     brokers: Annotated[int | None, typer.Option(help="Kafka brokers: 1 (default) or 3.")] = None,
     fresh: Annotated[bool, typer.Option(help="Stop and wipe any existing stack first.")] = False,
@@ -127,7 +132,11 @@ def up(
     (the regional consumers, which wait for the schema if it is not migrated yet). On a running
     stack it starts only what is missing or changed."""
     stack = LocalStack()
-    topology = profile_topology(profile, nodes_per_dc, brokers)
+    saved = stack.saved_topology()
+    if profile is None and nodes_per_dc is None and brokers is None and saved is not None:
+        topology = saved  # a ring changed by add-node or remove-node keeps its shape
+    else:
+        topology = profile_topology(profile or "test", nodes_per_dc, brokers)
     services = service_specs(topology, consumers, stream_rate, stack.services.home)
     with console.status("checking the cache") as status:
         fetch_all(stack.settings.cache_dir, lambda step: status.update(f"fetching {step}"))
@@ -338,6 +347,65 @@ def start(
     with console.status(f"starting {node}"):
         name = LocalStack().start(node, timeout=timeout)
     console.print(f"[green]{name} ready[/]")
+
+
+class StatusReporter(Reporter):
+    """Shows a long ring change's progress on one status line, and logs each new state."""
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+        self.last = ""
+
+    def waiting(self, component: str, detail: str) -> None:
+        self.status.update(f"{component}: {detail}")
+        if detail.split(",")[0] != self.last.split(",")[0]:
+            console.log(f"{component}: {detail}")
+        self.last = detail
+
+    def ready(self, component: str, seconds: float) -> None:
+        console.log(f"{component}: done after {seconds:.0f}s")
+
+
+@app.command("add-node")
+def add_node(
+    dc: Annotated[str, typer.Argument(help="The data center to grow: eu-west, us-east, ...")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the join.")] = 900.0,
+) -> None:
+    """Bootstrap a new Cassandra node into a running DC: the next free address, a token in the
+    middle of the DC's widest range (from one node to two: an even split), streaming the ranges
+    it takes over; waits until it is Up/Normal everywhere and records it in the topology. The
+    DC's replication factor stays. Afterwards run the `ring_maintenance` DAG: the DC's other
+    nodes still hold the ranges they gave up until their cleanup."""
+    from stack.ring import add_node as join
+
+    stack = LocalStack()
+    with console.status(f"adding a node to {dc}") as st:
+        node = join(stack, dc, timeout=timeout, reporter=StatusReporter(st))
+    console.print(
+        f"[green]{node.name} joined {dc}[/] at {node.address}, token {node.token}; "
+        "clean up the DC's other nodes with the ring_maintenance DAG"
+    )
+    print_status(collect(stack))
+
+
+@app.command("remove-node")
+def remove_node(
+    node: Annotated[str, typer.Argument(help="Node name (eu-west-2) or address.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the decommission.")] = 1800.0,
+) -> None:
+    """Decommission a Cassandra node: its ranges stream to the nodes that take them over, then
+    it stops and leaves the topology (its files are removed). Refuses the last node of a DC, a
+    node its DC's replication factor needs, a DC's seed, and any change while a node is down or
+    another join or leave runs."""
+    from stack.ring import remove_node as leave
+
+    stack = LocalStack()
+    with console.status(f"decommissioning {node}") as st:
+        gone = leave(stack, node, timeout=timeout, reporter=StatusReporter(st))
+    console.print(
+        f"[green]{gone.name} left the ring[/]; its ranges now live on the other {gone.dc} nodes"
+    )
+    print_status(collect(stack))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

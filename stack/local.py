@@ -310,14 +310,14 @@ class LocalStack:
             self.services.configure(services)
         comps = self.components(topology)
         to_start = [c for c in comps if not c.process.alive()]
-        self._check_ports_free(to_start)
+        self.check_ports_free(to_start)
         # The servers first; the supervised services once Cassandra has its roles and Kafka its
         # logins, topics and ACLs, which their least-privileged logins cannot create themselves.
         servers = [c for c in comps if c.kind != "supervisor"]
         started = time.monotonic()
         for comp in to_start:
             if comp.kind != "supervisor":
-                self._prepare(topology, comp)
+                self.prepare(topology, comp)
                 comp.process.start()
         self._wait_ready(servers, timeout, reporter)
         access.secure(topology, creds)
@@ -331,7 +331,7 @@ class LocalStack:
         return topology
 
     @staticmethod
-    def _check_ports_free(comps: list[Component]) -> None:
+    def check_ports_free(comps: list[Component]) -> None:
         """Fail before starting anything if another process holds one of our addresses: a
         server that cannot bind dies with a less obvious error, half the stack already up."""
         taken = [
@@ -350,7 +350,7 @@ class LocalStack:
                 "(`ss -ltnup | grep PORT` shows who)."
             )
 
-    def _prepare(self, topology: Topology, comp: Component) -> None:
+    def prepare(self, topology: Topology, comp: Component) -> None:
         if comp.kind == "cassandra":
             node = topology.node(comp.name)
             home = cassandra.write_config(self.dir, topology, node)
@@ -459,8 +459,8 @@ class LocalStack:
         comps = [comp for _, comp in picked]
         for topo, comp in picked:
             if not comp.process.alive():
-                self._check_ports_free([comp])
-                self._prepare(topo, comp)
+                self.check_ports_free([comp])
+                self.prepare(topo, comp)
                 comp.process.start()
         self._wait_ready(comps, timeout, reporter or Reporter())
         return ", ".join(c.name for c in comps)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from retail.errors import ConfigError
+from retail.jolokia import dc_ownership
 from retail.settings import Settings
 from retail.topology import (
     MAX_RF,
@@ -13,8 +14,11 @@ from retail.topology import (
     balanced_tokens,
     build_topology,
     current_topology,
+    joining_token,
     parse_node_counts,
     profile_topology,
+    with_node_added,
+    without_node,
 )
 
 
@@ -136,3 +140,74 @@ def test_a_missing_or_broken_topology_file_says_what_to_do(tmp_path: Path) -> No
     broken.write_text('{"datacenters": []}')
     with pytest.raises(ConfigError, match="is not a topology"):
         current_topology(broken)
+
+
+def _ownership(topo: Topology, dc: str) -> list[float]:
+    tokens = {n.address: [n.token] for n in topo.nodes}
+    shares = dc_ownership(tokens, {n.address: n.dc for n in topo.nodes})
+    return [shares[n.address] for n in topo.datacenter(dc).nodes]
+
+
+def test_a_node_joining_a_one_node_dc_takes_exactly_half_as_a_two_node_dc_would() -> None:
+    grown, node = with_node_added(profile_topology("test"), "us-east")
+    assert node.name == "us-east-2" and node.address == "127.0.2.2" and node.jmx_port == 7202
+    assert node.rack == "rack2" and not node.is_seed and node.auto_bootstrap
+    assert node.token == balanced_tokens(2, 1)[1]
+    assert _ownership(grown, "us-east") == [0.5, 0.5]
+    # Only that DC changed, and its replication factor stays (a join moves no replica count).
+    two = build_topology({"eu-west": 1, "us-east": 2, "ap-southeast": 1})
+    assert [n.token for n in grown.nodes] == [n.token for n in two.nodes]
+    assert grown.datacenter("us-east").replication_factor == 1
+    assert grown.datacenter("eu-west") == profile_topology("test").datacenter("eu-west")
+
+
+def test_joins_split_the_widest_range_and_never_reuse_a_token() -> None:
+    topo = profile_topology("test")
+    for _ in range(3):
+        topo, _ = with_node_added(topo, "eu-west")
+    shares = _ownership(topo, "eu-west")
+    assert sorted(shares) == [0.25] * 4
+    tokens = [n.token for n in topo.nodes]
+    assert len(set(tokens)) == len(tokens)
+    assert all(-(2**63) <= t < 2**63 for t in tokens)
+    # A token another DC holds is stepped past.
+    dc = topo.datacenter("eu-west")
+    wanted = joining_token(dc)
+    assert joining_token(dc, {wanted}) == wanted + 1
+
+
+def test_a_removed_nodes_number_is_given_to_the_next_join() -> None:
+    topo, _ = with_node_added(profile_topology("test"), "eu-west")
+    topo, _ = with_node_added(topo, "eu-west")
+    smaller = without_node(topo, "eu-west-2")
+    assert [n.name for n in smaller.datacenter("eu-west").nodes] == ["eu-west-1", "eu-west-3"]
+    again, node = with_node_added(smaller, "eu-west")
+    assert node.name == "eu-west-2"
+    assert [n.name for n in again.datacenter("eu-west").nodes] == [
+        "eu-west-1",
+        "eu-west-2",
+        "eu-west-3",
+    ]
+    assert Topology.from_json(again.to_json()) == again
+
+
+@pytest.mark.parametrize(
+    ("nodes", "remove", "message"),
+    [
+        (1, "eu-west-1", "last node of eu-west"),
+        (2, "eu-west-2", r"replication factor 2.*1 nodes"),
+        (4, "eu-west-1", "seed"),
+    ],
+)
+def test_removing_what_would_lose_data_or_the_seed_is_refused(
+    nodes: int, remove: str, message: str
+) -> None:
+    topo = build_topology({"eu-west": nodes, "us-east": 1, "ap-southeast": 1})
+    with pytest.raises(ConfigError, match=message):
+        without_node(topo, remove)
+
+
+def test_a_full_dc_takes_no_more_nodes() -> None:
+    topo = build_topology({"eu-west": 9, "us-east": 1, "ap-southeast": 1})
+    with pytest.raises(ConfigError, match="9 nodes"):
+        with_node_added(topo, "eu-west")
