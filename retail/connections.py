@@ -52,6 +52,19 @@ def jolokia_extra(settings: Settings) -> dict[str, str] | None:
     return {"login": login.username, "password": login.password.get_secret_value()}
 
 
+def _topology_extra(topology: Topology, settings: Settings) -> dict[str, Any]:
+    """The topology for the Cassandra connection's extra: the file that names it when that file
+    holds this very topology (the local stack's, which `retail stack add-node` and `remove-node`
+    rewrite: the DAGs' next task then sees the new ring without new connections), else inline."""
+    path = settings.topology_path
+    try:
+        if Topology.from_json(path.read_text()) == topology:
+            return {"topology_file": str(path)}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no stack file, or not a topology: the connection carries its own copy
+    return {"topology": json.loads(topology.to_json())}
+
+
 def connections(topology: Topology, settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     """Connection id -> Airflow's JSON connection form, for ``topology``."""
     settings = settings or get_settings()
@@ -60,7 +73,7 @@ def connections(topology: Topology, settings: Settings | None = None) -> dict[st
         "conn_type": "cassandra",
         "host": ",".join(home.contact_points),
         "port": home.nodes[0].cql_port,
-        "extra": {"local_dc": home.name, "topology": json.loads(topology.to_json())},
+        "extra": {"local_dc": home.name, **_topology_extra(topology, settings)},
     }
     jolokia = jolokia_extra(settings)
     if jolokia:

@@ -16,12 +16,17 @@ from airflow.sdk import Connection
 from cassandra.auth import PlainTextAuthProvider
 
 from retail.cassandra import CLUSTER_ARGS, ClientOptions, cluster_for
-from retail.connections import CASSANDRA_CONN_ID, KAFKA_CONN_ID, connections
+from retail.connections import (
+    CASSANDRA_CONN_ID,
+    KAFKA_CONN_ID,
+    connections,
+    topology_from_extra,
+)
 from retail.credentials import KAFKA_OPS, Credentials
 from retail.errors import ConfigError
 from retail.kafka import client_config
 from retail.settings import Settings
-from retail.topology import profile_topology
+from retail.topology import Topology, profile_topology, with_node_added
 from retail_airflow.hooks import (
     RetailCassandraHook,
     RetailKafkaHook,
@@ -33,6 +38,8 @@ from stack import secrets
 TOPOLOGY = profile_topology("test")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 NO_SECRETS = Path("/nonexistent/retail-secrets")
+# No local stack either: the connection carries the topology inline.
+NO_STACK = Settings(secrets_dir=NO_SECRETS, state_dir=Path("/nonexistent/retail-state"))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,7 @@ def conn(conn_id: str, **fields: Any) -> Connection:
 
 def cassandra(extra: dict[str, Any] | None = None, **fields: Any) -> Connection:
     # The connection as generated for a platform without secrets: no login, no TLS.
-    base = connections(TOPOLOGY, Settings(secrets_dir=NO_SECRETS))[CASSANDRA_CONN_ID]
+    base = connections(TOPOLOGY, NO_STACK)[CASSANDRA_CONN_ID]
     return conn(
         CASSANDRA_CONN_ID, **{**base, **fields, "extra": {**base["extra"], **(extra or {})}}
     )
@@ -67,6 +74,22 @@ def kafka(extra: dict[str, Any] | None = None, **fields: Any) -> Connection:
 
 
 # --- Cassandra ----------------------------------------------------------------------------------
+
+
+def test_the_local_stacks_topology_is_named_by_its_file_which_ring_changes_rewrite(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(secrets_dir=NO_SECRETS, state_dir=tmp_path)
+    settings.stack_dir.mkdir()
+    settings.topology_path.write_text(TOPOLOGY.to_json())
+    extra = connections(TOPOLOGY, settings)[CASSANDRA_CONN_ID]["extra"]
+    assert extra["topology_file"] == str(settings.topology_path) and "topology" not in extra
+    grown, _ = with_node_added(TOPOLOGY, "eu-west")  # what `retail stack add-node` records
+    settings.topology_path.write_text(grown.to_json())
+    assert topology_from_extra(extra) == grown  # what the DAGs' hook reads at each task
+    # Another topology than the stack's (a test's own, a deployment's) is carried inline.
+    other = connections(grown, Settings(secrets_dir=NO_SECRETS, state_dir=tmp_path / "x"))
+    assert Topology.from_json(json.dumps(other[CASSANDRA_CONN_ID]["extra"]["topology"])) == grown
 
 
 def test_the_generated_cassandra_connection_adds_nothing_to_the_driver() -> None:
@@ -230,7 +253,7 @@ def test_the_hooks_read_their_connections_whole(monkeypatch: pytest.MonkeyPatch)
     assert hook.bootstrap_servers == "k:9093"
 
     # The connection as generated for a platform without secrets: no login, no TLS.
-    base = connections(TOPOLOGY, Settings(secrets_dir=NO_SECRETS))[CASSANDRA_CONN_ID]
+    base = connections(TOPOLOGY, NO_STACK)[CASSANDRA_CONN_ID]
     cassandra_conn = {
         **base,
         "login": "ops",
