@@ -31,13 +31,15 @@ pytestmark = pytest.mark.late
 
 def run_operations(local_stack: LocalStack, topology: Topology, prefix: str) -> None:
     """Each operations DAG once through the real Airflow servers, with the params a person
-    would pick: balance and audit on the running pipeline's topics, a small repair."""
+    would pick: balance and audit on the running pipeline's topics, a small repair, a cleanup."""
     ensure_topics(topology, Topics.named("retail"))  # the platform's, which the DAGs watch too
     operations = [
         ("balance_check", {"topic_prefix": prefix}),
         ("pipeline_audit", {"topic_prefix": prefix}),
         ("materialized_view_rebuild", {}),
         ("replication_repair", {"keyspace": "retail_ops"}),
+        # A cleanup of one DC's nodes: the ring panel's gauges.
+        ("ring_maintenance", {"dcs": [topology.datacenters[0].name]}),
     ]
     servers = AirflowServers(topology, local_stack.dir)
     servers.up()
