@@ -34,6 +34,7 @@ from retail.credentials import Login
 from retail.errors import RetailError
 from retail.jolokia import STORAGE_SERVICE, Jolokia, JolokiaError, RingView, dc_ownership, ring_view
 from retail.metrics import Metrics
+from retail.ops.balance import _mib
 from retail.ops.repair_lease import session_counts
 from retail.topology import CassandraNode, Topology
 
@@ -362,10 +363,6 @@ def publish(metrics: Metrics, snap: RingSnapshot, phase: str) -> int:
     for name, value in sorted(sent.items()):
         metrics.gauge(name, value)
     return len(sent)
-
-
-def _mib(n: float) -> str:
-    return f"{n / 1024**2:.1f} MiB"
 
 
 def summary_lines(before: RingSnapshot, after: RingSnapshot | None) -> list[str]:
