@@ -444,7 +444,8 @@ def operations() -> object:
     b = _Board(
         "Retail / Operations",
         "retail-operations",
-        "Airflow DAG runs, repair recency, views and audits, balance of Kafka and Cassandra.",
+        "Airflow DAG runs, repair recency, views and audits, balance of Kafka and Cassandra, "
+        "ring changes and reassignments.",
     )
     b.row("Alerts and DAGs")
     b.stat(
@@ -524,6 +525,21 @@ def operations() -> object:
         "DiskNearlyFull warns under 15%, is critical under 5%.",
         [("retail_node_disk_free_ratio", "{{node}}")],
         unit="percentunit",
+    )
+    b.series(
+        "Ring changes and reassignments",
+        "While data moves between nodes or brokers: a Cassandra cleanup of the ring_maintenance "
+        "DAG (1 while it runs) and the nodes it has left, and the Kafka partition reassignments "
+        "of the kafka_rebalance DAG in progress.",
+        [
+            ("retail_ring_cleanup_in_progress", "cleanup in progress"),
+            ("retail_ring_cleanup_nodes_remaining", "cleanup: nodes remaining"),
+            # 0 until the kafka_rebalance DAG has reported once: none in progress.
+            (
+                "sum(retail_kafka_reassignments_in_progress) or vector(0)",
+                "Kafka reassignments in progress",
+            ),
+        ],
     )
     return b.build()
 

@@ -11,7 +11,7 @@ Everything else is refused, among it ``com.sun.management:type=DiagnosticCommand
 agents into the JVM) and StorageService's ``truncate`` and ``decommission``.
 
 :data:`ACCESS` is that whitelist, taken from the calls in ``retail/`` (the stack's readiness and
-status, the repair and balance DAGs); the Compose deployment's copy,
+status, the repair, balance and ring maintenance DAGs); the Compose deployment's copy,
 ``docker/jvm/jolokia-access.xml``, is :func:`render_policy` of it (a unit test keeps them equal).
 """
 
@@ -29,6 +29,7 @@ from retail.jolokia import (
 )
 from retail.ops.repair import STORAGE_PROXY
 from retail.ops.repair_lease import REPAIR_SERVICE
+from retail.ops.ring import CLEANUP_OPERATION
 from retail.topology import CassandraNode
 from stack.secrets import write_private
 
@@ -60,6 +61,10 @@ ACCESS: tuple[MBeanAccess, ...] = (
             "repairAsync",
             "getParentRepairStatus",
             "forceTerminateAllRepairSessions",
+            # The ring_maintenance DAG (retail.ops.ring.cleanup): `nodetool cleanup` of the
+            # platform's keyspaces after a join. Only the overload with jobs: Jolokia matches
+            # the operation with its signature, as sent.
+            CLEANUP_OPERATION,
         ),
     ),
     # The repair DAG counts the repair sessions on each node before it starts one.

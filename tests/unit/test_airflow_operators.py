@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from retail_airflow.operators import audit, balance, migrations, repair, rollups, views
+from retail_airflow.operators import audit, balance, migrations, repair, ring, rollups, views
 
 
 class Unreachable:
@@ -22,7 +22,7 @@ class Unreachable:
 
 @pytest.fixture(autouse=True)
 def no_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
-    for module in (audit, balance, migrations, repair, rollups, views):
+    for module in (audit, balance, migrations, repair, ring, rollups, views):
         for name in ("RetailCassandraHook", "RetailKafkaHook", "RetailStatsdHook"):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, Unreachable)
@@ -203,3 +203,41 @@ def test_an_unknown_view_or_rebuild_policy_is_refused() -> None:
     never = views.ViewRebuildOperator(task_id="rebuild", audit_task_id="audit", rebuild="never")
     with pytest.raises(AirflowSkipException, match="audit only"):
         never.execute({})
+
+
+# --- ring maintenance ----------------------------------------------------------------------------
+
+
+def test_ring_maintenance_takes_lists_of_names_and_a_boolean() -> None:
+    assert ring.check_params(["eu-west"], ["eu-west-2", "eu-west-2"], True) == (
+        ["eu-west"],
+        ["eu-west-2"],
+        True,
+    )
+    assert ring.check_params(None, None, False) == ([], [], False)
+    # Templates are checked once rendered, when the task runs.
+    ring.RingMaintenanceOperator(
+        task_id="ring", dcs="{{ params.dcs }}", nodes="{{ params.nodes }}", dry_run="{{ x }}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"dcs": "eu-west"}, "dcs must be a list of names, got 'eu-west'"),
+        ({"nodes": [1]}, r"nodes must be a list of names, got \[1\]"),
+        ({"nodes": ["eu-west.1"]}, r"nodes: \['eu-west.1'\] are not names like eu-west or"),
+        ({"dry_run": "yes"}, "dry_run must be true or false, got 'yes'"),
+    ],
+)
+def test_ring_maintenance_refuses(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ring.RingMaintenanceOperator(task_id="ring", **params)
+    # Rendered from a form, the REST API or the CLI: refused when the task runs, before any hook.
+    rendered = ring.RingMaintenanceOperator(
+        task_id="ring", dcs="{{ a }}", nodes="{{ b }}", dry_run="{{ c }}"
+    )
+    for name, value in ({"dcs": ["eu-west"], "nodes": [], "dry_run": False} | params).items():
+        setattr(rendered, name, value)
+    with pytest.raises(AirflowFailException, match=message):
+        rendered.execute({})

@@ -15,6 +15,7 @@ from retail import jolokia
 from retail.credentials import Login
 from retail.ops.repair import STORAGE_PROXY
 from retail.ops.repair_lease import REPAIR_SERVICE
+from retail.ops.ring import CLEANUP_OPERATION
 from retail.topology import profile_topology
 from stack import cassandra
 from stack import jolokia as stack_jolokia
@@ -89,6 +90,7 @@ SS = jolokia.STORAGE_SERVICE
         ("exec", SS, "repairAsync"),
         ("exec", SS, "getParentRepairStatus"),
         ("exec", SS, "forceTerminateAllRepairSessions"),
+        ("exec", SS, CLEANUP_OPERATION),
         ("exec", REPAIR_SERVICE, "parentRepairSessionsCount"),
         ("write", STORAGE_PROXY, "HintedHandoffEnabled"),
     ],
@@ -109,6 +111,10 @@ def test_the_policy_allows_what_the_stack_and_the_dags_use(
         ("exec", SS, "decommission"),
         ("exec", SS, "removeNode"),
         ("exec", SS, "stopDaemon"),
+        # Cleanup only as the ring maintenance DAG sends it: with its signature, with jobs.
+        ("exec", SS, "forceKeyspaceCleanup"),
+        ("exec", SS, "forceKeyspaceCleanup(java.lang.String,[Ljava.lang.String;)"),
+        ("exec", SS, "forceKeyspaceFlush(java.lang.String,[Ljava.lang.String;)"),
         ("exec", "jdk.management.jfr:type=FlightRecorder", "startRecording"),
         ("exec", "java.lang:type=Memory", "gc"),
         ("read", SS, "ClusterName"),

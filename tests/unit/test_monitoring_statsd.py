@@ -249,6 +249,25 @@ CONTRACT = [
         {"keyspace": "retail", "outcome": "failed"},
     ),
     ("retail.repair.retail.drift:0|g", "retail_replication_drift", {"keyspace": "retail"}),
+    # ring maintenance
+    (
+        "retail.ring.owns.before.eu-west.eu-west-2:0.5|g",
+        "retail_ring_owns",
+        {"phase": "before", "dc": "eu-west", "node": "eu-west-2"},
+    ),
+    (
+        "retail.ring.owns.after.eu-west.eu-west-2:0.333333|g",
+        "retail_ring_owns",
+        {"phase": "after", "dc": "eu-west", "node": "eu-west-2"},
+    ),
+    (
+        "retail.ring.load_bytes.after.ap-southeast.ap-southeast-1:1048576|g",
+        "retail_ring_load_bytes",
+        {"phase": "after", "dc": "ap-southeast", "node": "ap-southeast-1"},
+    ),
+    ("retail.ring.cleanup.in_progress:1|g", "retail_ring_cleanup_in_progress", {}),
+    ("retail.ring.cleanup.nodes_remaining:2|g", "retail_ring_cleanup_nodes_remaining", {}),
+    ("retail.kafka.reassignments_in_progress:3|g", "retail_kafka_reassignments_in_progress", {}),
     # views, rollups, audits
     (
         "retail.views.orders_by_customer.inconsistent:1|g",
