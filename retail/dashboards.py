@@ -528,16 +528,18 @@ def operations() -> object:
     )
     b.series(
         "Ring changes and reassignments",
-        "While data moves between nodes or brokers: a Cassandra cleanup of the ring_maintenance "
-        "DAG (1 while it runs) and the nodes it has left, and the Kafka partition reassignments "
-        "of the kafka_rebalance DAG in progress.",
+        "While data moves between nodes or brokers: Cassandra nodes joining, leaving or moving "
+        "per DC (the balance check's view, every 5 minutes), a cleanup of the ring_maintenance "
+        "DAG (1 while it runs) and the nodes it has left, and the partitions whose Kafka "
+        "reassignment has not completed (the brokers' own count, e.g. the kafka_rebalance "
+        "DAG's moves).",
         [
+            ("retail_balance_cassandra_nodes_changing", "nodes changing {{dc}}"),
             ("retail_ring_cleanup_in_progress", "cleanup in progress"),
             ("retail_ring_cleanup_nodes_remaining", "cleanup: nodes remaining"),
-            # 0 until the kafka_rebalance DAG has reported once: none in progress.
             (
-                "sum(retail_kafka_reassignments_in_progress) or vector(0)",
-                "Kafka reassignments in progress",
+                "sum(kafka_server_replicamanager_reassigningpartitions)",
+                "Kafka partitions reassigning",
             ),
         ],
     )

@@ -291,6 +291,8 @@ class CassandraBalance:
     largest_partition: dict[str, tuple[int, str]]  # table -> (bytes, node)
     unreachable: list[str]
     disk_not_local: list[str]
+    # Per DC, the nodes joining, leaving or moving: a ring change in progress (streaming).
+    changing: dict[str, int] = field(default_factory=dict)
 
 
 def _is_local(address: str) -> bool:
@@ -371,6 +373,7 @@ def check_cassandra(
             )
         )
     dcs = [dc.name for dc in topology.datacenters]
+    moving = view.joining | view.leaving | view.moving
     return CassandraBalance(
         nodes=nodes,
         ownership_skew={d: skew(n.ownership for n in nodes if n.dc == d) for d in dcs},
@@ -378,6 +381,7 @@ def check_cassandra(
         largest_partition=largest,
         unreachable=unreachable,
         disk_not_local=not_local,
+        changing={d: sum(dc_of.get(a) == d for a in moving) for d in dcs},
     )
 
 
@@ -511,6 +515,8 @@ def gauges(
             g[f"balance.cassandra.{dc}.load_skew"] = round(s, 4)
         for table, (size, _) in cassandra.largest_partition.items():
             g[f"balance.cassandra.{table}.largest_partition_bytes"] = size
+        for dc, n in cassandra.changing.items():
+            g[f"balance.cassandra.{dc}.nodes_changing"] = n
     return g
 
 

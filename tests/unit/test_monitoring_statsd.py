@@ -227,6 +227,11 @@ CONTRACT = [
         "retail_balance_cassandra_largest_partition_bytes",
         {"table": "orders_by_store"},
     ),
+    (
+        "retail.balance.cassandra.eu-west.nodes_changing:1|g",
+        "retail_balance_cassandra_nodes_changing",
+        {"dc": "eu-west"},
+    ),
     # repair
     (
         "retail.repair.retail.orders.last_success:1790000000|g",

@@ -80,6 +80,7 @@ def _cassandra() -> CassandraBalance:
         {"orders_by_store_day": (200 * 1024**2, "eu-west-1"), "orders": (900, "eu-west-2")},
         [],
         ["eu-west-2"],
+        {"eu-west": 1},  # eu-west-2 still joining
     )
 
 
@@ -152,6 +153,11 @@ def test_every_gauge_maps_to_a_labelled_prometheus_metric() -> None:
         "retail_balance_cassandra_largest_partition_bytes",
         {"table": "orders"},
     )
+    assert got["balance.cassandra.eu-west.nodes_changing"] == (
+        "retail_balance_cassandra_nodes_changing",
+        {"dc": "eu-west"},
+    )
+    assert sent["balance.cassandra.eu-west.nodes_changing"] == 1
     # A node whose disk is not visible from here sends no disk gauge rather than a made-up one.
     assert "balance.cassandra.eu-west.eu-west-2.disk_free_ratio" not in sent
 
