@@ -158,6 +158,10 @@ def _check_server_logs(offsets: dict[Path, int]) -> None:
     for path, offset in offsets.items():
         if not path.exists():
             continue
+        if path.stat().st_size < offset:
+            # Purged and written anew since the offset was taken (a module that brings up a
+            # stack of its own, then this one again): all of it is this session's doing.
+            offset = 0
         with path.open("rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")

@@ -196,6 +196,9 @@ CONTRACT = [
         {"region": "eu-west", "topic": "orders"},
     ),
     ("retail.balance.kafka.broker.1.leaders:36|g", "retail_balance_kafka_leaders", {"broker": "1"}),
+    # Kafka rebalance
+    ("retail.kafka.reassignments_in_progress:3|g", "retail_kafka_reassignments_in_progress", {}),
+    ("retail.kafka.rebalance.bytes_to_move:1048576|g", "retail_kafka_rebalance_bytes_to_move", {}),
     # balance: Cassandra
     (
         "retail.balance.cassandra.eu-west.eu-west-2.ownership:0.5|g",
