@@ -197,6 +197,12 @@ CONTRACT = [
     ),
     ("retail.balance.kafka.broker.1.leaders:36|g", "retail_balance_kafka_leaders", {"broker": "1"}),
     # Kafka rebalance
+    ("retail.balance.kafka.rebalance_moves:4|g", "retail_balance_kafka_rebalance_moves", {}),
+    (
+        "retail.balance.kafka.rebalance_leader_changes:2|g",
+        "retail_balance_kafka_rebalance_leader_changes",
+        {},
+    ),
     ("retail.kafka.reassignments_in_progress:3|g", "retail_kafka_reassignments_in_progress", {}),
     ("retail.kafka.rebalance.bytes_to_move:1048576|g", "retail_kafka_rebalance_bytes_to_move", {}),
     # balance: Cassandra
