@@ -87,8 +87,9 @@ def uneven(three_brokers: Topology) -> tuple[Topics, list[str]]:
     admin = AdminClient(admin_config(three_brokers))
     futures = admin.create_topics(
         [
-            NewTopic(orders, replica_assignment=[[1, 2]] * 6),
-            NewTopic(inventory, replica_assignment=[[1, 2, 3]] * 3),
+            # confluent-kafka 2.16 wants the count too (its -1 default reads as a count).
+            NewTopic(orders, num_partitions=6, replica_assignment=[[1, 2]] * 6),
+            NewTopic(inventory, num_partitions=3, replica_assignment=[[1, 2, 3]] * 3),
         ],
         request_timeout=30,
     )
