@@ -273,6 +273,25 @@ def current_assignment(
     return assignment, sorted(meta.brokers)
 
 
+def not_led_by_preferred(
+    config: ClientConfig, prefix: str, timeout: float = 10.0
+) -> list[tuple[str, int]]:
+    """The partitions of the topics ``<prefix>.*`` whose leader now is not their preferred one
+    (first replica): what a preferred leader election would change."""
+    admin = AdminClient(dict(config))
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise RebalanceError(f"Kafka did not answer within {timeout:.0f}s ({exc})") from exc
+    return sorted(
+        (name, p)
+        for name, t in meta.topics.items()
+        if name.startswith(f"{prefix}.") and t.error is None
+        for p, pm in t.partitions.items()
+        if pm.replicas and pm.leader != pm.replicas[0]
+    )
+
+
 def elect_preferred_leaders(
     config: ClientConfig, partitions: Iterable[tuple[str, int]], timeout: float = 30.0
 ) -> list[str]:
@@ -285,7 +304,10 @@ def elect_preferred_leaders(
     if not wanted:
         return []
     admin = AdminClient(dict(config))
-    future = admin.elect_leaders(ElectionType.PREFERRED, wanted, request_timeout=timeout)
+    # No request_timeout/operation_timeout: confluent-kafka 2.16.1's elect_leaders documents
+    # them but refuses either (SystemError: more argument specifiers than keyword list
+    # entries); the wait on the future bounds it instead.
+    future = admin.elect_leaders(ElectionType.PREFERRED, wanted)
     try:
         results = future.result(timeout=timeout)
     except KafkaException as exc:

@@ -197,13 +197,15 @@ def test_uneven_partitions_end_even_with_no_event_lost_or_reordered(
         producer.send_round()
     producer.flush()
 
-    # The producers go on while the replicas move and the leaders change.
+    # The producers go on while the replicas move and the leaders change: about 100 KB/s,
+    # well under the throttle (a moving replica that must copy faster than the throttle lets
+    # it never catches up, and the reassignment never ends).
     stop = threading.Event()
 
     def keep_sending() -> None:
         while not stop.is_set():
             producer.send_round()
-            stop.wait(0.05)
+            stop.wait(0.5)
 
     sender = threading.Thread(target=keep_sending, daemon=True)
     sender.start()
@@ -213,7 +215,7 @@ def test_uneven_partitions_end_even_with_no_event_lost_or_reordered(
             {
                 "topic_prefix": topics.prefix,
                 "dry_run": False,
-                "throttle_bytes_per_second": 512 * 1024,
+                "throttle_bytes_per_second": 1024 * 1024,
             },
         )
     finally:

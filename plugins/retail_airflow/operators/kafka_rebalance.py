@@ -117,6 +117,15 @@ class KafkaRebalanceOperator(BaseOperator):
         }
         metrics = RetailStatsdHook(self.statsd_conn_id).metrics
         if dry_run:
+            off = kafka_reassign.not_led_by_preferred(hook.config, prefix)
+            result["not_led_by_preferred"] = len(off)
+            if off:
+                self.log.info(
+                    "%d partition(s) are not led by their preferred replica now (e.g. %s[%d]); "
+                    "a run with dry_run=false elects them too",
+                    len(off),
+                    *off[0],
+                )
             self.log.info(
                 "dry run: nothing changed. Trigger with dry_run=false to apply these %d move(s)",
                 len(proposal.moves),
@@ -132,6 +141,12 @@ class KafkaRebalanceOperator(BaseOperator):
             timeout=self.follow_seconds,
             on_progress=self.log.info,
         )
+        # Partitions led by another than their preferred replica though the proposal left them
+        # alone (a broker restarted since, or an earlier run stopped before its election).
+        rest = kafka_reassign.not_led_by_preferred(hook.config, prefix)
+        if rest:
+            self.log.info("electing the preferred leaders of %d more partition(s)", len(rest))
+            applied.election_failures += kafka_reassign.elect_preferred_leaders(hook.config, rest)
         after, _ = kafka_reassign.current_assignment(hook.config, prefix)
         result["applied"] = {
             "partitions": applied.partitions,
