@@ -365,7 +365,11 @@ def apply(
         f"starting the reassignment of {total} partition(s), {human_bytes(proposal.bytes_to_move)}"
         f" to copy, throttled at {human_bytes(throttle_bytes_per_second)}/s"
     )
-    tools.execute(plan, throttle_bytes_per_second)
+    started = tools.execute(plan, throttle_bytes_per_second)
+    # The tool prints the assignment as it was, as a reassignment file: what puts it back.
+    rollback = next((s for s in started.splitlines() if s.startswith('{"version"')), None)
+    if rollback:
+        say(f"to put the replicas back as they were, reassign with: {rollback}")
     checks = 0
     while True:
         status = tools.verify(plan)
