@@ -17,6 +17,8 @@ running stack) and in a deployment from Airflow's connection store or a secrets 
   (the DAGs audit and measure, they never produce or commit): SASL_SSL, SCRAM-SHA-512 and the
   platform's CA in the extra, the login and password in the connection's own fields, which
   Airflow masks.
+- ``retail_kafka_admin``: the same for the ``admin`` login, used only by the ``kafka_rebalance``
+  DAG (reassigning partitions and electing leaders needs ALTER on the cluster).
 - ``retail_statsd``: host and port of the StatsD server.
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from retail.cassandra import ClientOptions
-from retail.credentials import CASSANDRA_OPS, JOLOKIA_USER, stack_credentials
+from retail.credentials import CASSANDRA_OPS, JOLOKIA_USER, KAFKA_ADMIN, stack_credentials
 from retail.errors import ConfigError
 from retail.settings import Settings, get_settings
 from retail.topology import Topology
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 CASSANDRA_CONN_ID = "retail_cassandra"
 KAFKA_CONN_ID = "retail_kafka"
+# The Kafka admin login, for the one DAG that changes the cluster (kafka_rebalance: partition
+# reassignments and leader elections need ALTER on the cluster, which ``ops`` never gets).
+KAFKA_ADMIN_CONN_ID = "retail_kafka_admin"
 STATSD_CONN_ID = "retail_statsd"
 # The key of the retail_cassandra extra that holds the Jolokia agents' login.
 JOLOKIA_EXTRA = "jolokia"
@@ -94,6 +99,7 @@ def connections(topology: Topology, settings: Settings | None = None) -> dict[st
     return {
         CASSANDRA_CONN_ID: cassandra,
         KAFKA_CONN_ID: kafka_connection(topology, settings),
+        KAFKA_ADMIN_CONN_ID: kafka_connection(topology, settings, KAFKA_ADMIN),
         STATSD_CONN_ID: {
             "conn_type": "generic",
             "host": topology.statsd.host,
@@ -122,14 +128,17 @@ def masked(value: Any) -> Any:
     return value
 
 
-def kafka_connection(topology: Topology, settings: Settings | None = None) -> dict[str, Any]:
+def kafka_connection(
+    topology: Topology, settings: Settings | None = None, user: str | None = None
+) -> dict[str, Any]:
     """``retail_kafka`` for the ``ops`` login of the platform (its credentials from
-    ``settings``' secrets directory)."""
+    ``settings``' secrets directory); ``user``: another Kafka login (``admin`` for
+    ``retail_kafka_admin``)."""
     from retail.credentials import KAFKA_OPS, stack_credentials
     from retail.kafka import client_config
 
     try:
-        extra = client_config(topology, KAFKA_OPS, stack_credentials(settings))
+        extra = client_config(topology, user or KAFKA_OPS, stack_credentials(settings))
     except ConfigError as exc:
         # As for Cassandra: before the platform's credentials exist, no login.
         log.debug("%s: the Kafka connection carries no login", exc)

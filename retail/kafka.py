@@ -271,6 +271,69 @@ def judge(
     return (None, reason) if reason else (event, None)
 
 
+class PartitionGrowthRefused(RetailError):
+    """Growing a keyed topic's partition count without a plan for the keys that move."""
+
+
+def check_partition_growth(topic: str, current: int, wanted: int, plan: str | None) -> None:
+    """Refuse to grow ``topic`` from ``current`` to ``wanted`` partitions unless ``plan`` says
+    how the keys that change partition keep their order. Every topic of the platform is keyed
+    by store, and a producer picks a key's partition by a hash of the key modulo the partition
+    count: with another count most stores map to another partition, so a store's new events
+    land on a partition its older, maybe unconsumed, events are not on, and a consumer can
+    write them before those (per-store order lost). Shrinking is impossible in Kafka."""
+    if wanted < current:
+        raise PartitionGrowthRefused(
+            f"{topic} has {current} partitions and Kafka cannot remove partitions; {wanted} "
+            "would need a new topic and a migration of its events"
+        )
+    if wanted > current and not (plan and plan.strip()):
+        raise PartitionGrowthRefused(
+            f"growing {topic} from {current} to {wanted} partitions changes the key-to-"
+            "partition mapping: most stores' events would go to another partition than their "
+            "earlier ones, and their order per store would be lost while both are consumed. "
+            "Plan it first (stop the producers, let the consumers drain every partition to "
+            "lag 0, grow, then start the producers again), and pass that plan (plan=...) to "
+            "grow it; or keep the count and rebalance the brokers instead (kafka_rebalance DAG)"
+        )
+
+
+def add_partitions(
+    topology: Topology,
+    topic: str,
+    total: int,
+    *,
+    plan: str | None = None,
+    timeout: float = 30.0,
+    credentials: Credentials | None = None,
+) -> int:
+    """Grow ``topic`` to ``total`` partitions, as the admin; refused without ``plan``
+    (:func:`check_partition_growth`). Returns the partition count it had."""
+    from confluent_kafka.admin import NewPartitions
+
+    admin = AdminClient(client_config(topology, KAFKA_ADMIN, credentials))
+    try:
+        meta = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise RetailError(
+            f"Kafka at {topology.bootstrap_servers} did not answer within {timeout:.0f}s ({exc}); "
+            "is it up? (`retail stack status`)"
+        ) from exc
+    if meta is None or meta.error is not None:
+        raise RetailError(f"topic {topic} does not exist: create it with `retail topics`")
+    current = len(meta.partitions)
+    check_partition_growth(topic, current, total, plan)
+    if total == current:
+        return current
+    log.warning("growing %s from %d to %d partitions; plan: %s", topic, current, total, plan)
+    future = admin.create_partitions([NewPartitions(topic, total)], request_timeout=timeout)[topic]
+    try:
+        future.result(timeout=timeout)
+    except KafkaException as exc:
+        raise RetailError(f"could not grow {topic} to {total} partitions: {exc}") from exc
+    return current
+
+
 def ensure_topics(
     topology: Topology,
     topics: Topics,
@@ -280,17 +343,23 @@ def ensure_topics(
 ) -> list[str]:
     """Create the platform's topics if missing, and the ACLs that let each login use them
     (:mod:`retail.kafka_acls`), as the admin; returns the topics created. Idempotent: an ACL
-    that exists already is created again as a no-op."""
+    that exists already is created again as a no-op. An existing topic with fewer partitions
+    than ``topics.partitions`` is refused (:class:`PartitionGrowthRefused`), never grown
+    silently nor left as it is silently: growing it is :func:`add_partitions`, with a plan."""
     from retail.kafka_acls import bindings
 
     admin = AdminClient(client_config(topology, KAFKA_ADMIN, credentials))
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        metadata = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise RetailError(
             f"Kafka at {topology.bootstrap_servers} did not answer within {timeout:.0f}s ({exc}); "
             "is it up? (`retail stack status`)"
         ) from exc
+    existing = set(metadata)
+    for name in topics.all:
+        if name in metadata and len(metadata[name].partitions) < topics.partitions:
+            check_partition_growth(name, len(metadata[name].partitions), topics.partitions, None)
     rf = min(3, len(topology.brokers))
     wanted = [
         NewTopic(

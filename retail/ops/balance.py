@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -40,6 +41,7 @@ from retail.jolokia import (
     ring_view,
 )
 from retail.kafka import BALANCE_GROUP, ClientConfig, Topics
+from retail.ops.kafka_rebalance import RebalanceError, propose
 from retail.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,10 @@ class KafkaBalance:
     # group -> topic -> partition -> messages between its committed offset and the log start:
     # deleted (retention) before the group read them. Only partitions where that is above 0.
     deleted_unread: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+    # What the kafka_rebalance DAG would do to even these topics over the live brokers
+    # (retail.ops.kafka_rebalance.propose on the metadata, sizes left out); None: not proposed.
+    rebalance_moves: int | None = None
+    rebalance_leader_changes: int | None = None
 
 
 def hottest(rates: Mapping[int, float]) -> tuple[int | None, float]:
@@ -195,6 +201,7 @@ def check_kafka(
         if missing:
             log.warning("topic(s) %s do not exist: nothing to measure there", ", ".join(missing))
         topics = [t for t in topics if t in meta.topics]
+        moves, leader_changes = _proposal_size(meta, topics)
         watermarks: dict[str, dict[int, tuple[int, int]]] = {}
         results: list[TopicStats] = []
         for topic in topics:
@@ -266,7 +273,31 @@ def check_kafka(
             lag[group] = per_topic
         else:
             without.append(group)
-    return KafkaBalance(window_seconds, results, lag, without, dict(leaders), missing, deleted)
+    return KafkaBalance(
+        window_seconds,
+        results,
+        lag,
+        without,
+        dict(leaders),
+        missing,
+        deleted,
+        rebalance_moves=moves,
+        rebalance_leader_changes=leader_changes,
+    )
+
+
+def _proposal_size(meta: Any, topics: list[str]) -> tuple[int | None, int | None]:
+    """How many replica moves and preferred leader changes would even ``topics`` over the
+    brokers of the cluster metadata ``meta``: pure arithmetic on what the check has read."""
+    assignment = {
+        t: {p: list(pm.replicas) for p, pm in meta.topics[t].partitions.items()} for t in topics
+    }
+    try:
+        proposal = propose(assignment, sorted(meta.brokers))
+    except RebalanceError as exc:
+        log.warning("no rebalance proposal: %s", exc)
+        return None, None
+    return len(proposal.moves), len(proposal.leader_changes)
 
 
 # -- Cassandra -----------------------------------------------------------------------------------
@@ -440,6 +471,12 @@ def recommendations(
             out.append(
                 f"group {group} has committed nothing on these topics: is its consumer running?"
             )
+        if kafka.rebalance_moves or kafka.rebalance_leader_changes:
+            out.append(
+                f"{kafka.rebalance_moves} replica move(s) and {kafka.rebalance_leader_changes} "
+                "preferred leader change(s) would even these topics over the brokers: trigger "
+                "the kafka_rebalance DAG (its default dry run shows them)"
+            )
         if len(kafka.leaders) > 1 and skew(kafka.leaders.values()) > skew_threshold:
             out.append(
                 f"partition leadership is uneven across brokers "
@@ -500,6 +537,10 @@ def gauges(
                     g[f"balance.kafka.{group}.{name}.{part}.deleted_unread"] = lost
         for broker, n in kafka.leaders.items():
             g[f"balance.kafka.broker.{broker}.leaders"] = n
+        if kafka.rebalance_moves is not None:
+            g["balance.kafka.rebalance_moves"] = kafka.rebalance_moves
+        if kafka.rebalance_leader_changes is not None:
+            g["balance.kafka.rebalance_leader_changes"] = kafka.rebalance_leader_changes
     if cassandra:
         reachable = [n for n in cassandra.nodes if n.node not in cassandra.unreachable]
         for n in reachable:

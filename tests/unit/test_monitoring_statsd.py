@@ -196,6 +196,15 @@ CONTRACT = [
         {"region": "eu-west", "topic": "orders"},
     ),
     ("retail.balance.kafka.broker.1.leaders:36|g", "retail_balance_kafka_leaders", {"broker": "1"}),
+    # Kafka rebalance
+    ("retail.balance.kafka.rebalance_moves:4|g", "retail_balance_kafka_rebalance_moves", {}),
+    (
+        "retail.balance.kafka.rebalance_leader_changes:2|g",
+        "retail_balance_kafka_rebalance_leader_changes",
+        {},
+    ),
+    ("retail.kafka.reassignments_in_progress:3|g", "retail_kafka_reassignments_in_progress", {}),
+    ("retail.kafka.rebalance.bytes_to_move:1048576|g", "retail_kafka_rebalance_bytes_to_move", {}),
     # balance: Cassandra
     (
         "retail.balance.cassandra.eu-west.eu-west-2.ownership:0.5|g",
@@ -272,7 +281,6 @@ CONTRACT = [
     ),
     ("retail.ring.cleanup.in_progress:1|g", "retail_ring_cleanup_in_progress", {}),
     ("retail.ring.cleanup.nodes_remaining:2|g", "retail_ring_cleanup_nodes_remaining", {}),
-    ("retail.kafka.reassignments_in_progress:3|g", "retail_kafka_reassignments_in_progress", {}),
     # views, rollups, audits
     (
         "retail.views.orders_by_customer.inconsistent:1|g",

@@ -65,6 +65,8 @@ def _kafka(rates: list[float], hot_key: str = "store-0017") -> KafkaBalance:
         {"retail-eu-west": {"retail.eu-west.orders": {0: 5, 3: 20_000}}},
         ["retail-us-east"],
         {1: 12},
+        rebalance_moves=4,
+        rebalance_leader_changes=2,
     )
 
 
@@ -92,6 +94,8 @@ def test_a_hot_partition_is_named_with_its_share_and_key() -> None:
     )
     assert any("retail-eu-west is 20005 messages behind" in a for a in advice)
     assert any("group retail-us-east has committed nothing" in a for a in advice)
+    moves = "4 replica move(s) and 2 preferred leader change(s)"
+    assert any(a.startswith(moves) and "kafka_rebalance" in a for a in advice)
 
 
 def test_even_traffic_or_a_trickle_gives_no_skew_finding() -> None:
@@ -158,6 +162,8 @@ def test_every_gauge_maps_to_a_labelled_prometheus_metric() -> None:
         {"dc": "eu-west"},
     )
     assert sent["balance.cassandra.eu-west.nodes_changing"] == 1
+    assert got["balance.kafka.rebalance_moves"] == ("retail_balance_kafka_rebalance_moves", {})
+    assert sent["balance.kafka.rebalance_moves"] == 4
     # A node whose disk is not visible from here sends no disk gauge rather than a made-up one.
     assert "balance.cassandra.eu-west.eu-west-2.disk_free_ratio" not in sent
 
