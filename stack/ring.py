@@ -54,6 +54,11 @@ def require_whole_ring(stack: LocalStack, topology: Topology, doing: str) -> Non
     stopped = [n.name for n in topology.nodes if not stack.process(n.name).alive()]
     not_normal = {n.name: view.state(n.address) for n in topology.nodes}
     not_normal = {name: state for name, state in not_normal.items() if state != "UN"}
+    # A node the topology does not name can be moving too (started by hand, or a join whose
+    # command was killed): Cassandra streams one range movement at a time.
+    known = {n.address for n in topology.nodes}
+    changing = view.joining | view.leaving | view.moving
+    not_normal |= {address: view.state(address) for address in changing - known}
     if stopped or not_normal:
         states = ", ".join(f"{name} {state}" for name, state in not_normal.items())
         raise StackError(
