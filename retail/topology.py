@@ -304,6 +304,17 @@ def without_node(topology: Topology, name: str) -> Topology:
     return _replace_dc(topology, replace(dc, nodes=rest))
 
 
+def as_new_cluster(topology: Topology) -> Topology:
+    """``topology`` started from nothing: no node bootstraps (each has its token already), as
+    for a cluster :func:`build_topology` made. A ring grown by :func:`with_node_added` keeps its
+    shape and tokens."""
+    dcs = tuple(
+        replace(dc, nodes=tuple(replace(n, auto_bootstrap=False) for n in dc.nodes))
+        for dc in topology.datacenters
+    )
+    return replace(topology, datacenters=dcs)
+
+
 def _replace_dc(topology: Topology, dc: DataCenter) -> Topology:
     dcs = tuple(dc if d.name == dc.name else d for d in topology.datacenters)
     return replace(topology, datacenters=dcs)

@@ -23,7 +23,7 @@ from retail.credentials import JOLOKIA_USER, Login, stack_credentials
 from retail.errors import ConfigError
 from retail.ops import access
 from retail.settings import Settings, get_settings
-from retail.topology import CassandraNode, KafkaBroker, Topology
+from retail.topology import CassandraNode, KafkaBroker, Topology, as_new_cluster
 from stack import cassandra, kafka, monitoring, secrets
 from stack import jolokia as stack_jolokia
 from stack.airflow import AirflowServers
@@ -302,6 +302,11 @@ class LocalStack:
                 )
             log.info("replacing the stopped stack (%s) with %s", _shape(saved), _shape(topology))
             self.down(purge=True)
+            saved = None
+        if saved is None:
+            # A new cluster: every node starts at once with its token, none bootstraps (a node
+            # that joined the ring it came from would wait for a ring to stream from).
+            topology = as_new_cluster(topology)
         fetch_all(self.settings.cache_dir, on_fetch)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.topology_file.write_text(topology.to_json())

@@ -11,6 +11,7 @@ from retail.topology import (
     MAX_RF,
     REGIONS,
     Topology,
+    as_new_cluster,
     balanced_tokens,
     build_topology,
     current_topology,
@@ -189,6 +190,10 @@ def test_a_removed_nodes_number_is_given_to_the_next_join() -> None:
         "eu-west-3",
     ]
     assert Topology.from_json(again.to_json()) == again
+    # Started afresh in that shape (`retail stack up --fresh`), no node bootstraps.
+    fresh = as_new_cluster(again)
+    assert not any(n.auto_bootstrap for n in fresh.nodes)
+    assert [n.token for n in fresh.nodes] == [n.token for n in again.nodes]
 
 
 @pytest.mark.parametrize(
