@@ -1,0 +1,182 @@
+"""``make k8s-check``: the Helm chart checked offline, as the official Airflow chart checks itself.
+
+1. helm and kubeconform, ``go install``-ed into the project cache when missing
+   (``<cache_dir>/k8s/bin``, pinned versions below).
+2. The Kubernetes JSON schemas that the PyPI package ``kubernetes-validate`` ships, prepared for
+   kubeconform in ``<cache_dir>/k8s/schemas`` (``$ref``s made relative, ``$id`` dropped).
+3. For every profile values file: ``helm lint --strict``, ``helm template``, then kubeconform
+   ``-strict`` on the rendered manifests for the oldest and newest Kubernetes the chart supports.
+   The custom resources (Strimzi, K8ssandra, Prometheus Operator) have no schema here: kubeconform
+   skips exactly those kinds (never ``-ignore-missing-schemas``, so a typo in a built-in kind
+   still fails), and their ``metadata`` is validated against Kubernetes' ObjectMeta schema.
+
+Exits non-zero with what failed and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+CHART = Path(__file__).resolve().parent / "retail-platform"
+PROFILES = ("test", "demo")
+HELM = ("helm.sh/helm/v3/cmd/helm", "v3.22.0")
+KUBECONFORM = ("github.com/yannh/kubeconform/cmd/kubeconform", "v0.8.0")
+KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
+# Kinds whose schemas (CRDs) are not in the repository nor shipped by any package reachable here.
+CUSTOM_KINDS = (
+    "kafka.strimzi.io/v1/Kafka",
+    "kafka.strimzi.io/v1/KafkaNodePool",
+    "kafka.strimzi.io/v1/KafkaTopic",
+    "kafka.strimzi.io/v1/KafkaUser",
+    "k8ssandra.io/v1alpha1/K8ssandraCluster",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "monitoring.coreos.com/v1/PodMonitor",
+)
+GO = shutil.which("go") or "/usr/local/go/bin/go"
+
+
+class CheckError(Exception):
+    """A check failed; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("RETAIL_CACHE_DIR") or Path(base) / "retail-platform") / "k8s"
+
+
+def tool(name: str) -> Path:
+    """The cached binary of ``name`` (helm or kubeconform)."""
+    version = {"helm": HELM[1], "kubeconform": KUBECONFORM[1]}[name]
+    return cache_dir() / "bin" / version / name
+
+
+def ensure_tool(name: str, module: str, version: str) -> Path:
+    path = tool(name)
+    if path.exists():
+        return path
+    if not Path(GO).exists():
+        raise CheckError(f"no Go toolchain to install {name}: install Go 1.26 (/usr/local/go)")
+    print(f"installing {name} {version} with go install ...", file=sys.stderr)
+    env = {**os.environ, "GOBIN": str(path.parent), "CGO_ENABLED": "0"}
+    subprocess.run([GO, "install", f"{module}@{version}"], check=True, env=env)
+    return path
+
+
+def schemas_dir() -> Path:
+    """kubernetes-validate's schemas, rewritten once so kubeconform resolves their $refs."""
+    import kubernetes_validate
+
+    src = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    from kubernetes_validate.version import __version__
+
+    out = cache_dir() / "schemas" / __version__
+    for version in KUBERNETES_VERSIONS:
+        name = f"v{version}-local-strict"
+        done = out / name / ".prepared"
+        if done.exists():
+            continue
+        target = out / name
+        target.mkdir(parents=True, exist_ok=True)
+        for f in (src / name).glob("*.json"):
+            text = f.read_text().replace('"/api/_definitions.json#', '"_definitions.json#')
+            doc = json.loads(text)
+            doc.pop("$id", None)
+            (target / f.name).write_text(json.dumps(doc))
+        done.touch()
+    return out
+
+
+def run(cmd: list[str | Path], what: str) -> str:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CheckError(f"{what} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def check_custom_metadata(manifests: str, schemas: Path, version: str) -> None:
+    """The custom resources' metadata against Kubernetes' strict ObjectMeta schema."""
+    import jsonschema
+
+    base = schemas / f"v{version}-local-strict"
+    meta = json.loads((base / "objectmeta-meta-v1.json").read_text())
+    defs = json.loads((base / "_definitions.json").read_text())
+    meta["$defs"] = defs["$defs"]
+    text = json.dumps(meta).replace('"_definitions.json#/$defs/', '"#/$defs/')
+    validator = jsonschema.Draft202012Validator(json.loads(text))
+    kinds = {k.rsplit("/", 1)[1] for k in CUSTOM_KINDS}
+    for doc in yaml.safe_load_all(manifests):
+        if not doc or doc.get("kind") not in kinds:
+            continue
+        errors = sorted(validator.iter_errors(doc.get("metadata", {})), key=str)
+        if errors:
+            raise CheckError(
+                f"{doc['kind']} {doc.get('metadata', {}).get('name')}: metadata invalid for "
+                f"Kubernetes {version}: {errors[0].message}"
+            )
+
+
+def render(helm: Path, values: Path, version: str = KUBERNETES_VERSIONS[-1]) -> str:
+    """``helm template`` of the chart with ``values`` for Kubernetes ``version``."""
+    return run(
+        [helm, "template", "retail", CHART, "-f", values, "--kube-version", version],
+        f"helm template -f {values.name} --kube-version {version}",
+    )
+
+
+def check_values(helm: Path, kubeconform: Path, schemas: Path, values: Path) -> None:
+    run([helm, "lint", "--strict", CHART, "-f", values], f"helm lint --strict -f {values.name}")
+    location = str(schemas / "{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}")
+    location += "/{{ .ResourceKind }}{{ .KindSuffix }}.json"
+    for version in KUBERNETES_VERSIONS:
+        manifests = render(helm, values, version)
+        proc = subprocess.run(
+            [
+                str(kubeconform),
+                "-strict",
+                "-summary",
+                "-kubernetes-version",
+                version,
+                "-schema-location",
+                location,
+                "-skip",
+                ",".join(CUSTOM_KINDS),
+                "-",
+            ],
+            input=manifests,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise CheckError(
+                f"kubeconform -strict (Kubernetes {version}) refused the chart rendered with "
+                f"{values.name}:\n{proc.stdout}{proc.stderr}"
+            )
+        check_custom_metadata(manifests, schemas, version)
+        print(f"{values.name} on Kubernetes {version}: {proc.stdout.strip()}")
+
+
+def main() -> int:
+    start = time.monotonic()
+    try:
+        helm = ensure_tool("helm", *HELM)
+        kubeconform = ensure_tool("kubeconform", *KUBECONFORM)
+        schemas = schemas_dir()
+        for profile in PROFILES:
+            check_values(helm, kubeconform, schemas, CHART / f"values-{profile}.yaml")
+    except (CheckError, subprocess.CalledProcessError) as exc:
+        print(f"k8s-check: {exc}", file=sys.stderr)
+        return 1
+    print(f"k8s-check: chart valid for {', '.join(PROFILES)} in {time.monotonic() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
