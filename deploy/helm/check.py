@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -41,6 +42,15 @@ CUSTOM_KINDS = (
     "monitoring.coreos.com/v1/PodMonitor",
 )
 GO = shutil.which("go") or "/usr/local/go/bin/go"
+STRIMZI_VERSION = "1.2.0"
+STRIMZI_POM = Path(__file__).resolve().parent / "strimzi" / "pom.xml"
+STRIMZI_MODEL = "io.strimzi.api.kafka.model"
+STRIMZI_CLASSES = {
+    "Kafka": f"{STRIMZI_MODEL}.kafka.Kafka",
+    "KafkaNodePool": f"{STRIMZI_MODEL}.nodepool.KafkaNodePool",
+    "KafkaTopic": f"{STRIMZI_MODEL}.topic.KafkaTopic",
+    "KafkaUser": f"{STRIMZI_MODEL}.user.KafkaUser",
+}
 
 
 class CheckError(Exception):
@@ -94,6 +104,93 @@ def schemas_dir() -> Path:
     return out
 
 
+def java21() -> Path | None:
+    """A java of version 21 or newer (Strimzi's CRD generator needs it): JAVA_HOME's, then the
+    JDKs under /usr/lib/jvm; None when there is none."""
+    homes = [os.environ.get("JAVA_HOME", ""), *sorted(map(str, Path("/usr/lib/jvm").glob("*")))]
+    for home in filter(None, homes):
+        java = Path(home) / "bin" / "java"
+        if not java.exists():
+            continue
+        out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+        try:
+            major = int(out.split('"')[1].split(".")[0])
+        except (IndexError, ValueError):
+            continue
+        if major >= 21:
+            return java
+    return None
+
+
+def _strict(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that lists its properties
+    and does not keep unknown fields: an unknown field then fails, as the API server prunes or
+    refuses it."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def strimzi_schemas() -> Path | None:
+    """JSON schemas of the Strimzi kinds the chart uses, generated from Strimzi's own API model
+    with its CRD generator (Maven Central) into the cache; None (and why, on stderr) when no
+    Java 21+ is found. Nothing generated is committed."""
+    root = cache_dir() / f"strimzi-{STRIMZI_VERSION}"
+    out = root / "schemas"
+    if (out / ".prepared").exists():
+        return out
+    java = java21()
+    if java is None:
+        print(
+            "k8s-check: no Java 21+ (JAVA_HOME or /usr/lib/jvm): the Strimzi resources are not "
+            "schema-checked; install a JDK 21 to check them",
+            file=sys.stderr,
+        )
+        return None
+    lib = root / "lib"
+    if not (lib / ".complete").exists():
+        shutil.rmtree(lib, ignore_errors=True)
+        lib.mkdir(parents=True)
+        run(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                STRIMZI_POM,
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={lib}",
+                "-DincludeScope=runtime",
+            ],
+            f"fetching Strimzi {STRIMZI_VERSION}'s API and CRD generator from Maven Central",
+        )
+        (lib / ".complete").touch()
+    crds = root / "crds"
+    crds.mkdir(parents=True, exist_ok=True)
+    cmd: list[str | Path] = [java, "-cp", f"{lib}/*", "io.strimzi.crdgenerator.CrdGenerator"]
+    cmd += ["--yaml", "--crd-api-version", "v1", "--api-versions", "v1", "--storage-version", "v1"]
+    cmd += [f"{cls}={crds / kind.lower()}.yaml" for kind, cls in STRIMZI_CLASSES.items()]
+    run(cmd, "Strimzi's CRD generator")
+    for kind in STRIMZI_CLASSES:
+        crd = yaml.safe_load((crds / f"{kind.lower()}.yaml").read_text())
+        group = crd["spec"]["group"]
+        for version in crd["spec"]["versions"]:
+            target = out / group / f"{kind.lower()}_{version['name']}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(_strict(version["schema"]["openAPIV3Schema"])))
+    (out / ".prepared").touch()
+    return out
+
+
 def run(cmd: list[str | Path], what: str) -> str:
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -131,29 +228,33 @@ def render(helm: Path, values: Path, version: str = KUBERNETES_VERSIONS[-1]) -> 
     )
 
 
-def check_values(helm: Path, kubeconform: Path, schemas: Path, values: Path) -> None:
-    run([helm, "lint", "--strict", CHART, "-f", values], f"helm lint --strict -f {values.name}")
+def kubeconform_cmd(
+    kubeconform: Path, schemas: Path, version: str, strimzi: Path | None
+) -> list[str]:
+    """kubeconform -strict on stdin with the Kubernetes schemas (and Strimzi's when generated),
+    skipping by name only the custom kinds that have no schema."""
     location = str(schemas / "{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}")
     location += "/{{ .ResourceKind }}{{ .KindSuffix }}.json"
+    cmd = [str(kubeconform), "-strict", "-summary", "-kubernetes-version", version]
+    cmd += ["-schema-location", location]
+    skip = list(CUSTOM_KINDS)
+    if strimzi is not None:
+        crd = (
+            f"{strimzi}/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json"
+        )
+        cmd += ["-schema-location", crd]
+        skip = [k for k in skip if not k.startswith("kafka.strimzi.io/")]
+    return [*cmd, "-skip", ",".join(skip), "-"]
+
+
+def check_values(
+    helm: Path, kubeconform: Path, schemas: Path, values: Path, strimzi: Path | None = None
+) -> None:
+    run([helm, "lint", "--strict", CHART, "-f", values], f"helm lint --strict -f {values.name}")
     for version in KUBERNETES_VERSIONS:
         manifests = render(helm, values, version)
-        proc = subprocess.run(
-            [
-                str(kubeconform),
-                "-strict",
-                "-summary",
-                "-kubernetes-version",
-                version,
-                "-schema-location",
-                location,
-                "-skip",
-                ",".join(CUSTOM_KINDS),
-                "-",
-            ],
-            input=manifests,
-            capture_output=True,
-            text=True,
-        )
+        cmd = kubeconform_cmd(kubeconform, schemas, version, strimzi)
+        proc = subprocess.run(cmd, input=manifests, capture_output=True, text=True)
         if proc.returncode != 0:
             raise CheckError(
                 f"kubeconform -strict (Kubernetes {version}) refused the chart rendered with "
@@ -169,8 +270,9 @@ def main() -> int:
         helm = ensure_tool("helm", *HELM)
         kubeconform = ensure_tool("kubeconform", *KUBECONFORM)
         schemas = schemas_dir()
+        strimzi = strimzi_schemas()
         for profile in PROFILES:
-            check_values(helm, kubeconform, schemas, CHART / f"values-{profile}.yaml")
+            check_values(helm, kubeconform, schemas, CHART / f"values-{profile}.yaml", strimzi)
     except (CheckError, subprocess.CalledProcessError) as exc:
         print(f"k8s-check: {exc}", file=sys.stderr)
         return 1
