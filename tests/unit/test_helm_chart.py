@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from retail.helm import CHART_DIR, profile_values, render
+from retail.helm import CHART_DIR, k8s_topology, profile_values, render, topology_path
 from retail.kafka import Topics
 from retail.kafka_acls import grants
 from retail.settings import PROJECT_ROOT
-from retail.topology import PROFILES, profile_topology
+from retail.topology import PROFILES, Topology, profile_topology
 
 _spec = importlib.util.spec_from_file_location("k8s_check", CHART_DIR.parent / "check.py")
 assert _spec and _spec.loader
@@ -69,6 +69,26 @@ def test_values_files_are_generated_from_the_topology(profile: str) -> None:
     assert _values(profile).read_text() == render(profile), (
         f"values-{profile}.yaml is stale: run `python -m retail.helm`"
     )
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_the_charts_topology_is_the_profiles_with_the_operators_addresses(profile: str) -> None:
+    assert topology_path(profile).read_text() == k8s_topology(profile).to_json() + "\n", (
+        f"files/topology-{profile}.json is stale: run `python -m retail.helm`"
+    )
+    (config,) = [
+        d
+        for d in _of_kind(_rendered(profile), "ConfigMap")
+        if d["metadata"]["name"] == "retail-topology"
+    ]
+    mounted = Topology.from_json(config["data"]["topology.json"])
+    local = profile_topology(profile)
+    assert mounted.replication() == local.replication()
+    assert [len(dc.nodes) for dc in mounted.datacenters] == [
+        len(dc.nodes) for dc in local.datacenters
+    ]
+    assert len(mounted.brokers) == len(local.brokers)
+    assert mounted.nodes[0].address.startswith("retail-eu-west-rack1-sts-0.")
 
 
 def test_a_value_of_the_wrong_type_fails_lint_with_its_path(tmp_path: Path) -> None:
