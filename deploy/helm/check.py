@@ -191,6 +191,53 @@ def strimzi_schemas() -> Path | None:
     return out
 
 
+def _cel_failures(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    """The CEL rules (``x-kubernetes-validations``) of ``schema`` and its sub-schemas that
+    ``value`` breaks, evaluated as the API server would, with ``self`` the value at each rule."""
+    import celpy
+
+    out = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        env = celpy.Environment()
+        program = env.program(env.compile(rule["rule"]))
+        try:
+            ok = program.evaluate({"self": celpy.json_to_cel(value)})
+        except celpy.CELEvalError as exc:
+            ok = exc
+        if ok is not True and not (isinstance(ok, celpy.celtypes.BoolType) and bool(ok)):
+            out.append(f"{path}: {rule.get('message') or rule['rule']}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key)
+            if sub is None and isinstance(schema.get("additionalProperties"), dict):
+                sub = schema["additionalProperties"]
+            if sub is not None:
+                out += _cel_failures(sub, item, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            out += _cel_failures(schema["items"], item, f"{path}[{i}]")
+    return out
+
+
+def check_strimzi_cel(manifests: str, strimzi: Path) -> None:
+    """The Strimzi resources against their CRDs' CEL rules, which kubeconform does not run."""
+    crds = strimzi.parent / "crds"
+    for doc in yaml.safe_load_all(manifests):
+        if not doc or doc.get("kind") not in STRIMZI_CLASSES:
+            continue
+        crd = yaml.safe_load((crds / f"{doc['kind'].lower()}.yaml").read_text())
+        version = doc["apiVersion"].split("/")[1]
+        (schema,) = [
+            v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version
+        ]
+        failures = _cel_failures(schema, doc, "")
+        if failures:
+            raise CheckError(
+                f"{doc['kind']} {doc['metadata']['name']} breaks its CRD's CEL rules: "
+                + "; ".join(failures)
+            )
+
+
 def run(cmd: list[str | Path], what: str) -> str:
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -261,6 +308,8 @@ def check_values(
                 f"{values.name}:\n{proc.stdout}{proc.stderr}"
             )
         check_custom_metadata(manifests, schemas, version)
+        if strimzi is not None:
+            check_strimzi_cel(manifests, strimzi)
         print(f"{values.name} on Kubernetes {version}: {proc.stdout.strip()}")
 
 

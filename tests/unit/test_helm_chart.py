@@ -236,3 +236,14 @@ def test_the_chart_runs_the_repositorys_alert_rules_and_monitoring_files() -> No
     assert sorted(maps["retail-dashboards"]) == [p.name for p in dashboards]
     for p in dashboards:
         assert maps["retail-dashboards"][p.name] == p.read_text().rstrip("\n")
+
+
+def test_strimzi_cel_rules_are_evaluated() -> None:
+    strimzi = check.strimzi_schemas()
+    if strimzi is None:
+        pytest.fail("no Java 21+ to generate Strimzi's CRDs: install a JDK 21, run make k8s-check")
+    (kafka,) = _of_kind(_rendered("demo"), "Kafka")
+    check.check_strimzi_cel(yaml.safe_dump(kafka), strimzi)
+    del kafka["spec"]["kafka"]["metricsConfig"]["valueFrom"]
+    with pytest.raises(check.CheckError, match="metricsConfig: valueFrom property is required"):
+        check.check_strimzi_cel(yaml.safe_dump(kafka), strimzi)
