@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 PROFILE ?= demo
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help setup fetch browser demo test test-unit test-integration lint compose-check compose-secrets bench chaos stack-down clean
+.PHONY: help setup fetch browser demo test test-unit test-integration lint compose-check k8s-check compose-secrets bench chaos stack-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -33,7 +33,7 @@ browser:  ## Debian's chromium and chromium-driver for the browser tests (instal
 demo: setup  ## the main job: three-DC stack, migrations, consumers, an event stream, the report
 	$(BIN)/retail demo --profile $(PROFILE)
 
-test: setup lint compose-check test-unit test-integration  ## everything CI runs
+test: setup lint compose-check k8s-check test-unit test-integration  ## everything CI runs
 
 test-unit: $(VENV)/.installed  ## unit tests and DAG integrity tests, no services
 	$(BIN)/pytest tests/unit tests/dags -q
@@ -52,6 +52,11 @@ compose-check:  ## validate docker/compose.yaml with Debian's docker-compose (no
 	@command -v docker-compose >/dev/null || scripts/apt-install docker-compose
 	env $(foreach v,$(COMPOSE_SECRETS),$(v)=compose-check-throwaway) \
 		docker-compose -f docker/compose.yaml config -q
+
+# helm and kubeconform are go install-ed into the cache when missing; the Kubernetes schemas come
+# from the kubernetes-validate package. Nothing is deployed: see deploy/helm/README.md.
+k8s-check: $(VENV)/.installed  ## helm lint --strict, helm template and kubeconform -strict on the Helm chart, offline
+	$(BIN)/python deploy/helm/check.py
 
 compose-secrets: $(VENV)/.installed  ## generate the Compose deployment's logins, CA and certificates into docker/secrets (kept)
 	$(BIN)/retail stack secrets --out docker/secrets
