@@ -87,7 +87,7 @@ def test_the_charts_topology_is_the_profiles_with_the_operators_addresses(profil
     assert [len(dc.nodes) for dc in mounted.datacenters] == [
         len(dc.nodes) for dc in local.datacenters
     ]
-    assert len(mounted.brokers) == len(local.brokers)
+    assert len(mounted.brokers) == max(3, len(local.brokers))
     assert mounted.nodes[0].address.startswith("retail-eu-west-rack1-sts-0.")
 
 
@@ -97,6 +97,13 @@ def test_a_value_of_the_wrong_type_fails_lint_with_its_path(tmp_path: Path) -> N
     assert proc.returncode != 0
     assert "/consumer/replicas" in proc.stdout
     assert "got string, want integer" in proc.stdout
+
+
+def test_a_node_pool_of_fewer_than_three_brokers_fails_lint(tmp_path: Path) -> None:
+    bad = _override(tmp_path, {"kafka": {"brokers": 1}})
+    proc = _helm("lint", "--strict", CHART_DIR, "-f", _values("demo"), "-f", bad)
+    assert proc.returncode != 0
+    assert "/kafka/brokers" in proc.stdout and "minimum" in proc.stdout
 
 
 def test_an_unknown_value_fails_lint(tmp_path: Path) -> None:
@@ -194,11 +201,12 @@ def test_the_chart_and_the_local_stack_agree(profile: str) -> None:
     )
 
     (pool,) = _of_kind(docs, "KafkaNodePool")
-    assert pool["spec"]["replicas"] == len(topology.brokers)
+    # Three at least on a cluster (retail.helm.MIN_BROKERS), more if the profile has more.
+    assert pool["spec"]["replicas"] == max(3, len(topology.brokers))
     kafka_topics = _of_kind(docs, "KafkaTopic")
     assert sorted(t["spec"]["topicName"] for t in kafka_topics) == sorted(topics.all)
     assert {t["spec"]["partitions"] for t in kafka_topics} == {topics.partitions}
-    assert {t["spec"]["replicas"] for t in kafka_topics} == {min(3, len(topology.brokers))}
+    assert {t["spec"]["replicas"] for t in kafka_topics} == {min(3, pool["spec"]["replicas"])}
 
     acls = {
         (u["metadata"]["name"], a["resource"]["type"], a["resource"]["name"], op.upper())
