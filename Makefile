@@ -35,7 +35,7 @@ demo: setup  ## the main job: three-DC stack, migrations, consumers, an event st
 
 test: setup lint compose-check k8s-check test-unit test-integration  ## everything CI runs
 
-test-unit: $(VENV)/.installed  ## unit tests and DAG integrity tests, no services
+test-unit: $(VENV)/.installed k8s-check  ## unit tests and DAG integrity tests, no services (the chart tests need the helm that k8s-check installs)
 	$(BIN)/pytest tests/unit tests/dags -q
 
 test-integration: setup browser  ## integration tests on the real local stack (started once, stopped after)
