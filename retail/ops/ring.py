@@ -162,7 +162,10 @@ def blockers(
     by_address = {n.address: n.name for n in topology.nodes}
     in_ring: set[str] = set()
     for view in views.values():
-        in_ring |= set(view.tokens) | view.up | view.down | view.joining | view.leaving
+        # Not view.down as such: gossip remembers a decommissioned node for days (its LEFT
+        # state, re-learned from peers once its quarantine ends) among the unreachable ones,
+        # with no token. A node down that is in the ring still owns its tokens.
+        in_ring |= set(view.tokens) | view.up | view.joining | view.leaving | view.moving
     for node in topology.nodes:
         if views and node.address not in in_ring:
             out.append(

@@ -4,6 +4,7 @@ the before/after gauges and summary."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,15 @@ def test_a_node_down_is_refused_naming_it_and_what_to_do() -> None:
     assert "`retail stack start NODE`" in found[0] and "trigger again" in found[0]
     with pytest.raises(ring.RingRefused, match="ring maintenance refused to start: us-east-1"):
         ring.preflight(TEST, views, {"us-east-1": "did not answer"}, {})
+
+
+def test_a_decommissioned_node_that_gossip_still_remembers_stops_nothing() -> None:
+    # eu-west-2 left the ring (`retail stack remove-node`): no token, but gossip lists it among
+    # the unreachable nodes until its state expires, days later.
+    views = all_views(TEST)
+    for name, v in views.items():
+        views[name] = replace(v, down=v.down | {"127.0.1.2"})
+    assert ring.blockers(TEST, views, {}, {}) == []
 
 
 def test_a_joining_node_is_refused_and_so_is_a_node_the_topology_does_not_list() -> None:
